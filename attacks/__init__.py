@@ -1,0 +1,4 @@
+"""Attack and audit evaluations against securefl (poisoning, inversion, membership, audits).
+
+This package may import securefl; securefl never imports it.
+"""

@@ -1,0 +1,221 @@
+"""The ``securefl`` command.
+
+``securefl train`` runs one federated training job and writes metrics.json,
+ledger.json and accuracy.png; ``securefl demo`` runs the main job on the
+embedded digits data. Usage errors print one line naming the flag and the value
+and exit with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+from typing import Any, Sequence
+
+from securefl.exceptions import ConfigError, SecureFLError
+
+EXIT_USAGE = 2
+
+#: the tuned DP-SGD job `securefl demo` runs (see README, "Choosing DP-SGD settings")
+DEMO_SETTINGS: dict[str, Any] = {
+    "dataset": "digits",
+    "clients": 10,
+    "partition": "dirichlet",
+    "alpha": 1.0,
+    "rounds": 30,
+    "dp": "sample",
+    "epsilon": 3.0,
+    "delta": 1e-5,
+}
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with one-line errors and exit status 2."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        sys.stderr.write(f"{self.prog}: error: {message}\n")
+        raise SystemExit(EXIT_USAGE)
+
+
+def _flag(field: str) -> str:
+    return "--" + field.replace("_", "-")
+
+
+def _add_train_flags(p: argparse.ArgumentParser) -> None:
+    S = argparse.SUPPRESS
+    g = p.add_argument_group("data and model")
+    g.add_argument("--dataset", default=S, help="digits | breast_cancer | synthetic | linreg")
+    g.add_argument("--clients", type=int, default=S, help="number of clients (10)")
+    g.add_argument("--partition", default=S, help="iid | dirichlet | shards (dirichlet)")
+    g.add_argument("--alpha", type=float, default=S, help="Dirichlet concentration (1.0)")
+    g.add_argument("--shards-per-client", type=int, default=S)
+    g.add_argument("--model", default=S, help="logreg | linreg | mlp | cnn")
+    g.add_argument("--hidden", type=int, default=S, help="hidden units of mlp/cnn (64)")
+    g.add_argument("--test-fraction", type=float, default=S)
+    g = p.add_argument_group("rounds and aggregation")
+    g.add_argument("--rounds", type=int, default=S, help="federated rounds (30)")
+    g.add_argument("--fraction", type=float, default=S, help="fraction of clients per round (1.0)")
+    g.add_argument("--sampling", default=S, help="fixed | poisson client sampling (fixed)")
+    g.add_argument("--algorithm", default=S, help="fedavg | fedsgd (fedavg)")
+    g.add_argument("--aggregator", default=S, help="mean")
+    g.add_argument("--server-opt", default=S, help="fedavg | fedavgm | fedadam (fedavg)")
+    g.add_argument("--server-lr", type=float, default=S, help="server learning rate (1.0)")
+    g.add_argument("--server-momentum", type=float, default=S)
+    g.add_argument("--protect", default=S, help="update protection: none")
+    g = p.add_argument_group("local training")
+    g.add_argument("--local-epochs", type=float, default=S)
+    g.add_argument("--batch-size", type=int, default=S)
+    g.add_argument("--sample-rate", type=float, default=S, help="DP-SGD Poisson rate (batch-size/n_k)")
+    g.add_argument("--lr", type=float, default=S)
+    g.add_argument("--optimizer", default=S, help="sgd | adam")
+    g.add_argument("--momentum", type=float, default=S)
+    g = p.add_argument_group("differential privacy")
+    g.add_argument("--dp", default=S, help="none | sample (DP-SGD per client) | client (DP-FedAvg)")
+    g.add_argument("--epsilon", type=float, default=S, help="budget: per client (sample) or federation (client)")
+    g.add_argument("--delta", type=float, default=S, help="(1e-5)")
+    g.add_argument("--noise-multiplier", type=float, default=S, help="set instead of solving from --epsilon")
+    g.add_argument("--clip", type=float, default=S, help="per-example (sample) or per-update (client) L2 clip")
+    g.add_argument("--accountant", default=S, help="prv | rdp: the one that enforces the budget (prv)")
+    g.add_argument("--adaptive-clip", action="store_const", const=True, default=S)
+    g.add_argument("--target-quantile", type=float, default=S)
+    g.add_argument("--clip-lr", type=float, default=S)
+    g.add_argument("--clip-count-stddev", type=float, default=S)
+    g.add_argument(
+        "--reproducible-noise",
+        action="store_const",
+        const=True,
+        default=S,
+        help="derive DP noise from --seed (anyone knowing the seed can remove it)",
+    )
+    g = p.add_argument_group("run")
+    g.add_argument("--seed", type=int, default=S)
+    g.add_argument("--config", type=Path, default=None, help="TOML file of settings (flags override it)")
+    g.add_argument("--out", type=Path, default=Path("runs/latest"), help="output folder (runs/latest)")
+    g.add_argument("--no-progress", action="store_true", help="no progress bar")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = _Parser(prog="securefl", description="Privacy-hardened federated learning.")
+    sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
+    train = sub.add_parser("train", help="run one federated training job")
+    _add_train_flags(train)
+    demo = sub.add_parser("demo", help="the main job on the embedded digits data")
+    demo.add_argument("--out", type=Path, default=Path("securefl-demo"))
+    demo.add_argument("--rounds", type=int, default=30)
+    demo.add_argument("--seed", type=int, default=0)
+    demo.add_argument("--no-progress", action="store_true")
+    return parser
+
+
+def _load_toml(path: Path) -> dict[str, Any]:
+    import tomllib
+
+    try:
+        data = tomllib.loads(path.read_text())
+    except OSError as exc:
+        raise ConfigError("config", str(path), f"cannot read: {exc.strerror}") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError("config", str(path), f"not valid TOML: {exc}") from None
+    flat: dict[str, Any] = {}
+    for key, value in data.items():
+        items = value.items() if isinstance(value, dict) else [(key, value)]
+        for k, v in items:
+            flat[k.replace("-", "_")] = v
+    return flat
+
+
+def config_from_args(ns: argparse.Namespace):
+    """Defaults < TOML file < explicit flags."""
+    from securefl.config import RunConfig
+
+    skip = {"command", "config", "out", "no_progress"}
+    values: dict[str, Any] = {}
+    if getattr(ns, "config", None) is not None:
+        values.update(_load_toml(ns.config))
+    values.update({k: v for k, v in vars(ns).items() if k not in skip})
+    return RunConfig.from_flat(values)
+
+
+def _progress(total: int, disable: bool):
+    from tqdm import tqdm
+
+    return tqdm(total=total, unit="round", disable=disable, file=sys.stderr, dynamic_ncols=True)
+
+
+def _run(config, out: Path, no_progress: bool) -> dict[str, Any]:
+    from securefl.simulation import Simulation
+
+    sim = Simulation(config, out_dir=out)
+    bar = _progress(config.server.rounds, no_progress)
+
+    def on_round(res) -> None:
+        post = {"acc": f"{res.accuracy:.3f}" if res.accuracy is not None else f"loss {res.loss:.4f}"}
+        eps = sim.rounds[-1]["epsilon"]
+        if eps is not None:
+            post["eps"] = f"{eps:.2f}"
+        bar.set_postfix(post)
+        bar.update(1)
+
+    try:
+        result = sim.run(on_round=on_round)
+    finally:
+        bar.close()
+    return result.metrics
+
+
+def _summary_line(m: dict[str, Any], out: Path) -> str:
+    f = m["final"]
+    acc = f"accuracy {f['accuracy']:.4f}" if f["accuracy"] is not None else f"test loss {f['loss']:.5f}"
+    eps = f", epsilon {f['epsilon']:.3f} ({f['accountant']}) at delta {f['delta']:g}" if f["epsilon"] is not None else ""
+    return f"final {acc}{eps}; wrote {out}/metrics.json, {out}/ledger.json, {out}/accuracy.png"
+
+
+def cmd_train(ns: argparse.Namespace) -> int:
+    config = config_from_args(ns)
+    metrics = _run(config, ns.out, ns.no_progress)
+    print(_summary_line(metrics, ns.out))
+    return 0
+
+
+def cmd_demo(ns: argparse.Namespace) -> int:
+    from securefl.config import RunConfig
+
+    base = {**DEMO_SETTINGS, "rounds": ns.rounds, "seed": ns.seed}
+    print(f"securefl demo: {base['clients']} clients on digits (Dirichlet alpha={base['alpha']}), {ns.rounds} rounds")
+    plain = _run(RunConfig.from_flat({**base, "dp": "none", "epsilon": None}), ns.out / "plain", ns.no_progress)
+    private = _run(RunConfig.from_flat(base), ns.out / "dp-sgd", ns.no_progress)
+    fp, fd = plain["final"], private["final"]
+    print()
+    print(f"{'run':<34}{'test accuracy':>14}{'epsilon':>10}{'MB up':>9}")
+    print(f"{'FedAvg, no DP':<34}{fp['accuracy']:>14.4f}{'-':>10}{fp['bytes_up'] / 1e6:>9.2f}")
+    label = f"FedAvg + DP-SGD (eps<={base['epsilon']:g}/client)"
+    print(f"{label:<34}{fd['accuracy']:>14.4f}{fd['epsilon']:>10.3f}{fd['bytes_up'] / 1e6:>9.2f}")
+    print()
+    print(f"per-client privacy spend (delta={fd['delta']:g}; PRV upper bound, RDP for comparison):")
+    for cid, c in fd["clients"].items():
+        print(f"  {cid:<10} rounds {c['rounds']:>3}  eps_prv {c['epsilon']:.3f}  eps_rdp {c['epsilon_rdp']:.3f}  sigma {c['noise_multiplier']:.3f}")
+    print(f"\nwrote {ns.out}/plain/ and {ns.out}/dp-sgd/ (metrics.json, ledger.json, accuracy.png)")
+    return 0
+
+
+COMMANDS = {"train": cmd_train, "demo": cmd_demo}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    ns = parser.parse_args(argv)
+    try:
+        return COMMANDS[ns.command](ns)
+    except ConfigError as exc:
+        flag = _flag(exc.field) if exc.field != "config" else "--config"
+        sys.stderr.write(f"securefl {ns.command}: error: {flag}: {exc.reason} (got {exc.value!r})\n")
+        return EXIT_USAGE
+    except SecureFLError as exc:
+        sys.stderr.write(f"securefl {ns.command}: error: {exc}\n")
+        return 1
+
+
+if __name__ == "__main__":  # pragma: no cover
+    raise SystemExit(main())

@@ -1,0 +1,206 @@
+"""SecureClient: local training, plain or DP-SGD, returning a protected update.
+
+A client receives the global model as bytes, trains on its own data, and
+returns bytes. With sample-level DP it owns its privacy: it solves its noise
+multiplier from its budget, records every round's spend in the ledger *before*
+training (so a crash can only over-count), and refuses a round that would take it
+over budget (:class:`~securefl.exceptions.BudgetExhaustedError`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from securefl.config import ClientConfig, DPConfig
+from securefl.exceptions import ConfigValueError
+from securefl.models import get_flat, set_flat
+from securefl.privacy import accounting
+from securefl.privacy.client_dp import clip_update
+from securefl.privacy.dpsgd import dp_sgd_train, steps_per_round
+from securefl.privacy.ledger import PrivacyLedger
+from securefl.privacy.noise import SecureRNG
+from securefl.protect import Plaintext, Protection
+from securefl.transport import wire
+
+
+def _loss_fn(task: str) -> Callable[..., torch.Tensor]:
+    return F.cross_entropy if task == "classification" else F.mse_loss
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    """What local training produced (kept on the client; only the sealed update leaves)."""
+
+    update: torch.Tensor
+    num_samples: int
+    loss: float
+    steps: int
+    epsilon: float | None
+
+
+class SecureClient:
+    """One federated client.
+
+    Args:
+        client_id: a stable name; the ledger's subject for sample-level DP.
+        x, y: the client's local data (never leaves the client).
+        model_fn: builds a fresh model of the federation's architecture.
+        task: ``"classification"`` or ``"regression"``.
+        config: local training settings.
+        dp: privacy settings; ``dp.dp == "sample"`` turns on DP-SGD.
+        planned_rounds: rounds the noise multiplier is solved for (sample-level DP);
+            the client assumes it may take part in every one of them.
+        ledger: where spend is recorded; defaults to an in-memory ledger.
+        protection: seals the update; defaults to plaintext.
+        algorithm: ``"fedavg"`` (local epochs) or ``"fedsgd"`` (one step).
+        rng: secure randomness for noise and sampling; a fresh ``SecureRNG`` by default.
+        seed: seeds the shuffling of non-private local training.
+    """
+
+    def __init__(
+        self,
+        client_id: str,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        model_fn: Callable[[], nn.Module],
+        task: str = "classification",
+        config: ClientConfig = ClientConfig(),
+        dp: DPConfig = DPConfig(),
+        planned_rounds: int = 1,
+        ledger: PrivacyLedger | None = None,
+        protection: Protection | None = None,
+        algorithm: str = "fedavg",
+        rng: SecureRNG | None = None,
+        seed: int = 0,
+    ) -> None:
+        if len(x) != len(y) or len(x) == 0:
+            raise ConfigValueError("x", len(x), f"client {client_id} needs matching, non-empty x and y (y has {len(y)})")
+        self.client_id = str(client_id)
+        self.x, self.y = x, y
+        self.model = model_fn()
+        self.task = task
+        self.config = config
+        self.dp = dp
+        self.algorithm = algorithm
+        self.protection = protection or Plaintext()
+        self.rng = rng or SecureRNG()
+        self.seed = seed
+        self.ledger = ledger or PrivacyLedger(None, delta=dp.delta, budget=dp.epsilon, accountant=dp.accountant)
+        self.sample_rate = min(1.0, config.sample_rate or config.batch_size / len(x))
+        self.local_steps = 1 if algorithm == "fedsgd" else steps_per_round(config.local_epochs, self.sample_rate)
+        self.noise_multiplier: float | None = None
+        if dp.dp == "sample":
+            self.noise_multiplier = dp.noise_multiplier
+            if self.noise_multiplier is None:
+                assert dp.epsilon is not None  # DPConfig enforces one of the two
+                self.noise_multiplier = accounting.solve_noise_multiplier(
+                    dp.epsilon, dp.delta, self.sample_rate, planned_rounds * self.local_steps, dp.accountant
+                )
+
+    @property
+    def num_samples(self) -> int:
+        return len(self.x)
+
+    def _optimizer(self, params: list[nn.Parameter]) -> torch.optim.Optimizer:
+        c = self.config
+        if c.optimizer == "adam":
+            return torch.optim.Adam(params, lr=c.lr)
+        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum)
+
+    # ------------------------------------------------------------ training
+    def train(self, weights: torch.Tensor, round_: int) -> LocalResult:
+        """Train from ``weights`` and return ``w_local - weights``."""
+        set_flat(self.model, weights)
+        self.model.train()
+        loss_fn = _loss_fn(self.task)
+        epsilon = None
+        if self.dp.dp == "sample":
+            assert self.noise_multiplier is not None
+            # record the spend first: a crash after this can only over-count
+            entry = self.ledger.record(
+                subject=self.client_id,
+                round=round_,
+                mechanism="dp-sgd",
+                noise_multiplier=self.noise_multiplier,
+                sample_rate=self.sample_rate,
+                steps=self.local_steps,
+            )
+            epsilon = float(entry["epsilon"][self.dp.accountant])
+            loss = dp_sgd_train(
+                self.model,
+                self.x,
+                self.y,
+                loss_fn=loss_fn,
+                optimizer_fn=self._optimizer,
+                noise_multiplier=self.noise_multiplier,
+                max_grad_norm=self.dp.clip,
+                sample_rate=self.sample_rate,
+                steps=self.local_steps,
+                rng=self.rng,
+            )
+            steps = self.local_steps
+        else:
+            loss, steps = self._plain_train(loss_fn, round_)
+        update = get_flat(self.model) - weights
+        return LocalResult(update, self.num_samples, loss, steps, epsilon)
+
+    def _plain_train(self, loss_fn, round_: int) -> tuple[float, int]:
+        opt = self._optimizer(list(self.model.parameters()))
+        n = self.num_samples
+        if self.algorithm == "fedsgd":
+            batches = [torch.arange(n)]
+        else:
+            digest = hashlib.sha256(f"{self.seed}:{self.client_id}:{round_}".encode()).digest()
+            gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+            bs = min(self.config.batch_size, n)
+            epochs = self.config.local_epochs
+            batches = []
+            for _ in range(math.ceil(epochs)):
+                perm = torch.randperm(n, generator=gen)
+                batches.extend(perm[i : i + bs] for i in range(0, n, bs))
+            batches = batches[: max(1, round(epochs * math.ceil(n / bs)))]
+        losses = []
+        for idx in batches:
+            opt.zero_grad()
+            loss = loss_fn(self.model(self.x[idx]), self.y[idx])
+            loss.backward()
+            opt.step()
+            losses.append(loss.item())
+        return float(sum(losses) / len(losses)), len(batches)
+
+    # ------------------------------------------------------------ messages
+    def fit(self, message: bytes) -> bytes:
+        """Handle one GLOBAL_MODEL message; return the sealed CLIENT_UPDATE message.
+
+        Raises :class:`~securefl.exceptions.BudgetExhaustedError` (before any
+        training) if this round would exceed the client's privacy budget.
+        """
+        msg = wire.decode(message, expect=wire.Kind.GLOBAL_MODEL)
+        dim = int(msg.header["dim"])
+        round_ = int(msg.header["round"])
+        weights = wire.bytes_to_vector(msg.payload, dim)
+        result = self.train(weights, round_)
+        header = {
+            "round": round_,
+            "client": self.client_id,
+            "dim": dim,
+            "loss": result.loss,
+            "steps": result.steps,
+            "epsilon": result.epsilon,
+        }
+        client_clip = msg.header.get("client_clip")
+        if client_clip is not None:
+            # client-level DP (DP-FedAvg): clip, report the unclipped bit, equal weight
+            clipped, norm = clip_update(result.update, float(client_clip))
+            aux = {"weight": 1.0, "unclipped": float(norm <= float(client_clip))}
+            return self.protection.seal(clipped, aux, header)
+        aux = {"weight": float(result.num_samples)}
+        return self.protection.seal(result.update * result.num_samples, aux, header)

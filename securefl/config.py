@@ -1,0 +1,264 @@
+"""Frozen, validated configuration objects.
+
+The CLI flags, TOML files and the Python API all build these. Validation happens
+at construction: a value of the wrong type raises
+:class:`~securefl.exceptions.ConfigTypeError`, an out-of-range value raises
+:class:`~securefl.exceptions.ConfigValueError`; both name the field and value.
+Field names are unique across the sub-configs so a flat mapping (CLI flags, a
+TOML table) routes unambiguously with :meth:`RunConfig.from_flat`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from securefl.exceptions import ConfigTypeError, ConfigValueError
+
+DP_MODES = ("none", "sample", "client")
+ACCOUNTANTS = ("prv", "rdp")
+SAMPLINGS = ("fixed", "poisson")
+ALGORITHMS = ("fedavg", "fedsgd")
+CLIENT_OPTIMIZERS = ("sgd", "adam")
+
+
+def _int(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        raise ConfigTypeError(name, value, "must be an integer")
+    if lo is not None and value < lo:
+        raise ConfigValueError(name, value, f"must be >= {lo}")
+    if hi is not None and value > hi:
+        raise ConfigValueError(name, value, f"must be <= {hi}")
+
+
+def _float(
+    name: str,
+    value: Any,
+    lo: float | None = None,
+    hi: float | None = None,
+    *,
+    lo_open: bool = False,
+    hi_open: bool = False,
+) -> None:
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        raise ConfigTypeError(name, value, "must be a number")
+    if not math.isfinite(value):
+        raise ConfigValueError(name, value, "must be finite")
+    if lo is not None and (value <= lo if lo_open else value < lo):
+        raise ConfigValueError(name, value, f"must be {'>' if lo_open else '>='} {lo}")
+    if hi is not None and (value >= hi if hi_open else value > hi):
+        raise ConfigValueError(name, value, f"must be {'<' if hi_open else '<='} {hi}")
+
+
+def _choice(name: str, value: Any, choices: tuple[str, ...] | list[str]) -> None:
+    if not isinstance(value, str):
+        raise ConfigTypeError(name, value, "must be a string")
+    if value not in choices:
+        raise ConfigValueError(name, value, f"must be one of {', '.join(choices)}")
+
+
+def _bool(name: str, value: Any) -> None:
+    if not isinstance(value, bool):
+        raise ConfigTypeError(name, value, "must be true or false")
+
+
+@dataclass(frozen=True)
+class DPConfig:
+    """Differential privacy settings.
+
+    ``dp='sample'`` is record-level DP-SGD on every client (Abadi et al. 2016) through
+    Opacus; ``epsilon`` is then each client's budget over the whole run.
+    ``dp='client'`` is DP-FedAvg (McMahan et al. 2018): each update is clipped to
+    ``clip`` and Gaussian noise ``noise_multiplier * clip`` is added to the sum;
+    ``epsilon`` is the federation's client-level budget. With ``adaptive_clip`` the
+    clip norm tracks the ``target_quantile`` of update norms (Andrew et al. 2021).
+
+    When ``noise_multiplier`` is None it is solved from ``epsilon`` over the planned
+    rounds; when both are given, ``epsilon`` is a hard budget checked each round.
+    """
+
+    dp: str = "none"
+    epsilon: float | None = None
+    delta: float = 1e-5
+    noise_multiplier: float | None = None
+    clip: float = 1.0
+    accountant: str = "prv"
+    adaptive_clip: bool = False
+    target_quantile: float = 0.5
+    clip_lr: float = 0.2
+    clip_count_stddev: float | None = None
+    reproducible_noise: bool = False
+
+    def __post_init__(self) -> None:
+        _choice("dp", self.dp, DP_MODES)
+        if self.epsilon is not None:
+            _float("epsilon", self.epsilon, 0.0, lo_open=True)
+        _float("delta", self.delta, 0.0, 1.0, lo_open=True, hi_open=True)
+        if self.noise_multiplier is not None:
+            _float("noise_multiplier", self.noise_multiplier, 0.0)
+        _float("clip", self.clip, 0.0, lo_open=True)
+        _choice("accountant", self.accountant, ACCOUNTANTS)
+        _bool("adaptive_clip", self.adaptive_clip)
+        _float("target_quantile", self.target_quantile, 0.0, 1.0)
+        _float("clip_lr", self.clip_lr, 0.0, lo_open=True)
+        if self.clip_count_stddev is not None:
+            _float("clip_count_stddev", self.clip_count_stddev, 0.0, lo_open=True)
+        _bool("reproducible_noise", self.reproducible_noise)
+        if self.dp != "none" and self.epsilon is None and self.noise_multiplier is None:
+            raise ConfigValueError(
+                "epsilon", None, f"dp={self.dp!r} needs --epsilon or --noise-multiplier"
+            )
+        if self.adaptive_clip and self.dp != "client":
+            raise ConfigValueError(
+                "adaptive_clip", True, "adaptive clipping applies to dp='client' only"
+            )
+
+    @property
+    def enabled(self) -> bool:
+        return self.dp != "none"
+
+
+@dataclass(frozen=True)
+class ClientConfig:
+    """Local training on each client.
+
+    ``sample_rate`` is the Poisson sampling rate of DP-SGD; when None it is
+    ``batch_size / n_k``. One shared rate makes every client's accountant history
+    identical in shape, which keeps accounting cheap.
+    """
+
+    local_epochs: float = 1.0
+    batch_size: int = 32
+    sample_rate: float | None = None
+    lr: float = 0.1
+    optimizer: str = "sgd"
+    momentum: float = 0.0
+
+    def __post_init__(self) -> None:
+        _float("local_epochs", self.local_epochs, 0.0, 1000.0, lo_open=True)
+        _int("batch_size", self.batch_size, 1)
+        if self.sample_rate is not None:
+            _float("sample_rate", self.sample_rate, 0.0, 1.0, lo_open=True)
+        _float("lr", self.lr, 0.0, lo_open=True)
+        _choice("optimizer", self.optimizer, CLIENT_OPTIMIZERS)
+        _float("momentum", self.momentum, 0.0, 1.0, hi_open=True)
+
+
+@dataclass(frozen=True)
+class ServerConfig:
+    """Rounds, client sampling, aggregation and the server optimizer."""
+
+    rounds: int = 30
+    fraction: float = 1.0
+    sampling: str = "fixed"
+    algorithm: str = "fedavg"
+    server_opt: str = "fedavg"
+    server_lr: float = 1.0
+    server_momentum: float = 0.9
+    aggregator: str = "mean"
+
+    def __post_init__(self) -> None:
+        from securefl.aggregation import AGGREGATORS
+        from securefl.server_opt import SERVER_OPTIMIZERS
+
+        _int("rounds", self.rounds, 1, 100_000)
+        _float("fraction", self.fraction, 0.0, 1.0, lo_open=True)
+        _choice("sampling", self.sampling, SAMPLINGS)
+        _choice("algorithm", self.algorithm, ALGORITHMS)
+        _choice("server_opt", self.server_opt, sorted(SERVER_OPTIMIZERS))
+        _float("server_lr", self.server_lr, 0.0, lo_open=True)
+        _float("server_momentum", self.server_momentum, 0.0, 1.0, hi_open=True)
+        _choice("aggregator", self.aggregator, sorted(AGGREGATORS))
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole federated run: data, partition, model, protection and the sub-configs."""
+
+    dataset: str = "digits"
+    clients: int = 10
+    partition: str = "dirichlet"
+    alpha: float = 1.0
+    shards_per_client: int = 2
+    model: str = "mlp"
+    hidden: int = 64
+    protect: str = "none"
+    seed: int = 0
+    test_fraction: float = 0.2
+    dp: DPConfig = field(default_factory=DPConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+
+    def __post_init__(self) -> None:
+        from securefl.data import DATASETS, PARTITIONERS
+        from securefl.models import MODELS
+        from securefl.protect import PROTECTIONS
+
+        _choice("dataset", self.dataset, sorted(DATASETS))
+        _int("clients", self.clients, 1, 100_000)
+        _choice("partition", self.partition, sorted(PARTITIONERS))
+        _float("alpha", self.alpha, 0.0, lo_open=True)
+        _int("shards_per_client", self.shards_per_client, 1)
+        _choice("model", self.model, sorted(MODELS))
+        _int("hidden", self.hidden, 1)
+        _choice("protect", self.protect, sorted(PROTECTIONS))
+        _int("seed", self.seed, 0, 2**63 - 1)
+        _float("test_fraction", self.test_fraction, 0.0, 0.9, lo_open=True)
+        for name, cls in (("dp", DPConfig), ("client", ClientConfig), ("server", ServerConfig)):
+            if not isinstance(getattr(self, name), cls):
+                raise ConfigTypeError(name, getattr(self, name), f"must be a {cls.__name__}")
+        if (
+            self.dp.dp == "client"
+            and self.server.sampling == "fixed"
+            and self.server.fraction < 1.0
+        ):
+            raise ConfigValueError(
+                "sampling",
+                "fixed",
+                "client-level DP accounting assumes Poisson client sampling; "
+                "use --sampling poisson or --fraction 1",
+            )
+
+    # ------------------------------------------------------------------ flat I/O
+    @classmethod
+    def field_owner(cls) -> dict[str, str]:
+        """Map every flat field name to the sub-config that owns it ('' = top level)."""
+        owner: dict[str, str] = {}
+        for f in dataclasses.fields(cls):
+            if f.name in ("dp", "client", "server"):
+                continue
+            owner[f.name] = ""
+        for sub, sub_cls in (("dp", DPConfig), ("client", ClientConfig), ("server", ServerConfig)):
+            for f in dataclasses.fields(sub_cls):
+                owner[f.name] = sub
+        return owner
+
+    @classmethod
+    def from_flat(cls, values: Mapping[str, Any]) -> "RunConfig":
+        """Build a config from flat ``name -> value`` pairs (CLI flags, TOML keys)."""
+        owner = cls.field_owner()
+        top: dict[str, Any] = {}
+        subs: dict[str, dict[str, Any]] = {"dp": {}, "client": {}, "server": {}}
+        for key, value in values.items():
+            if key not in owner:
+                raise ConfigValueError(key, value, "unknown setting")
+            (subs[owner[key]] if owner[key] else top)[key] = value
+        return cls(
+            dp=DPConfig(**subs["dp"]),
+            client=ClientConfig(**subs["client"]),
+            server=ServerConfig(**subs["server"]),
+            **top,
+        )
+
+    def to_flat(self) -> dict[str, Any]:
+        """The inverse of :meth:`from_flat`: every setting under its flat name."""
+        flat: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                flat.update(dataclasses.asdict(value))
+            else:
+                flat[f.name] = value
+        return flat

@@ -1,0 +1,1 @@
+"""Update protections built on TenSEAL (CKKS) and the cryptography package (secure aggregation)."""

@@ -1,0 +1,1 @@
+"""Differential privacy: DP-SGD on Opacus, DP-FedAvg, accountants, the ledger and secure noise."""

@@ -1,0 +1,239 @@
+"""SecureServer: rounds, client sampling, aggregation, server optimizer, evaluation.
+
+The server only ever handles bytes from clients and opens them through the
+round's :class:`~securefl.protect.Protection`. It never trusts an aggregate it
+cannot validate: a round whose aggregate is not finite is aborted and the global
+model is left unchanged.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any, Protocol, Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from securefl.aggregation import AGGREGATORS, SUM_COMPATIBLE
+from securefl.config import DPConfig, ServerConfig
+from securefl.exceptions import AggregationError, BudgetExhaustedError, ConfigValueError
+from securefl.models import get_flat, set_flat
+from securefl.privacy import accounting
+from securefl.privacy.client_dp import AdaptiveClipper, noisy_average, update_noise_multiplier
+from securefl.privacy.ledger import PrivacyLedger
+from securefl.privacy.noise import SecureRNG
+from securefl.protect import Plaintext, Protection
+from securefl.server_opt import make_server_optimizer
+from securefl.transport import wire
+
+FEDERATION = "federation"
+
+
+class ClientLike(Protocol):
+    client_id: str
+
+    def fit(self, message: bytes) -> bytes: ...
+
+
+@dataclass
+class RoundResult:
+    """Metrics of one round (the ``rounds`` entries of metrics.json)."""
+
+    round: int
+    accuracy: float | None
+    loss: float
+    epsilon: float | None
+    bytes_up: int
+    bytes_down: int
+    seconds: float
+    participants: int
+    refused: list[str] = field(default_factory=list)
+    epsilon_rdp: float | None = None
+    clip: float | None = None
+    aborted: str | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        return dict(self.__dict__)
+
+
+class SecureServer:
+    """Coordinates federated rounds over clients that speak bytes.
+
+    Args:
+        model: the global model (updated in place after each successful round).
+        config: rounds, sampling, aggregation and server optimizer.
+        dp: privacy settings; ``dp.dp == "client"`` makes the server run DP-FedAvg.
+        num_clients: size of the population (for the client-level sampling rate).
+        protection: must match the clients'.
+        ledger: where client-level spend is recorded (subject ``"federation"``).
+        eval_data: ``(x, y)`` held-out data for per-round evaluation.
+        task: ``"classification"`` or ``"regression"``.
+        rng: secure randomness for client sampling and central noise.
+    """
+
+    def __init__(
+        self,
+        model: nn.Module,
+        *,
+        config: ServerConfig = ServerConfig(),
+        dp: DPConfig = DPConfig(),
+        num_clients: int,
+        protection: Protection | None = None,
+        ledger: PrivacyLedger | None = None,
+        eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
+        task: str = "classification",
+        rng: SecureRNG | None = None,
+    ) -> None:
+        self.model = model
+        self.config = config
+        self.dp = dp
+        self.num_clients = num_clients
+        self.protection = protection or Plaintext()
+        self.ledger = ledger or PrivacyLedger(None, delta=dp.delta, budget=dp.epsilon, accountant=dp.accountant)
+        self.eval_data = eval_data
+        self.task = task
+        self.rng = rng or SecureRNG()
+        self.weights = get_flat(model)
+        self.optimizer = make_server_optimizer(
+            config.server_opt, lr=config.server_lr, momentum=config.server_momentum
+        )
+        if config.aggregator not in SUM_COMPATIBLE and not self.protection.sees_individual_updates:
+            raise ConfigValueError(
+                "aggregator",
+                config.aggregator,
+                f"needs individual updates, which protect={self.protection.name!r} hides from the server",
+            )
+        self.aggregator = AGGREGATORS[config.aggregator]
+        # client-level DP (DP-FedAvg)
+        self.client_rate = config.fraction
+        self.expected_clients = max(1e-12, config.fraction * num_clients)
+        self.noise_multiplier: float | None = None
+        self.update_noise_multiplier: float | None = None
+        self.clipper: AdaptiveClipper | None = None
+        self.clip = dp.clip
+        if dp.dp == "client":
+            z = dp.noise_multiplier
+            if z is None:
+                assert dp.epsilon is not None
+                z = accounting.solve_noise_multiplier(
+                    dp.epsilon, dp.delta, self.client_rate, config.rounds, dp.accountant
+                )
+            self.noise_multiplier = z
+            self.update_noise_multiplier = z
+            if dp.adaptive_clip:
+                sigma_b = dp.clip_count_stddev or max(self.expected_clients / 20.0, z)
+                self.update_noise_multiplier = update_noise_multiplier(z, sigma_b)
+                self.clipper = AdaptiveClipper(
+                    dp.clip,
+                    target_quantile=dp.target_quantile,
+                    lr=dp.clip_lr,
+                    count_stddev=sigma_b,
+                    expected_clients=self.expected_clients,
+                )
+
+    # ------------------------------------------------------------ sampling
+    def sample(self) -> list[int]:
+        """Indices of this round's clients: a fixed fraction, or Poisson with rate q."""
+        n, q = self.num_clients, self.config.fraction
+        if self.config.sampling == "poisson":
+            return [int(i) for i in range(n) if self.rng.uniform(1)[0] < q]
+        return self.rng.sample(n, max(1, round(q * n)))
+
+    # ------------------------------------------------------------ one round
+    def global_message(self, round_: int) -> bytes:
+        header: dict[str, Any] = {"round": round_, "dim": int(self.weights.numel())}
+        if self.dp.dp == "client":
+            header["client_clip"] = self.clip
+        return wire.encode(wire.Kind.GLOBAL_MODEL, header, wire.vector_to_bytes(self.weights))
+
+    def run_round(self, round_: int, clients: Sequence[ClientLike]) -> RoundResult:
+        """Sample, broadcast, collect, aggregate, step, evaluate."""
+        t0 = time.perf_counter()
+        chosen = [clients[i] for i in self.sample()]
+        down = self.global_message(round_)
+        replies: list[bytes] = []
+        refused: list[str] = []
+        bytes_down = 0
+        for client in chosen:
+            bytes_down += len(down)
+            try:
+                replies.append(client.fit(down))
+            except BudgetExhaustedError:
+                refused.append(client.client_id)
+        bytes_up = sum(len(r) for r in replies)
+        dim = int(self.weights.numel())
+        clip_used = self.clip if self.dp.dp == "client" else None
+        epsilon = epsilon_rdp = None
+        aborted = None
+        try:
+            if self.dp.dp == "client":
+                # the mechanism runs every round, even with no participants
+                entry = self.ledger.record(
+                    subject=FEDERATION,
+                    round=round_,
+                    mechanism="dp-fedavg",
+                    noise_multiplier=float(self.noise_multiplier or 0.0),
+                    sample_rate=self.client_rate,
+                    steps=1,
+                )
+                epsilon, epsilon_rdp = entry["epsilon"][self.dp.accountant], entry["epsilon"]["rdp"]
+                agg = self.protection.open(replies, dim)
+                update = noisy_average(
+                    agg.total,
+                    noise_multiplier=float(self.update_noise_multiplier or 0.0),
+                    clip=self.clip,
+                    denominator=self.expected_clients,
+                    rng=self.rng,
+                )
+                if self.clipper is not None:
+                    self.clip = self.clipper.update(agg.aux.get("unclipped", 0.0), self.rng)
+            elif replies:
+                agg = self.protection.open(replies, dim)
+                if agg.individual is not None and self.config.aggregator != "mean":
+                    stack = torch.stack([u for u, _ in agg.individual])
+                    w = torch.tensor([wt for _, wt in agg.individual])
+                    update = self.aggregator(stack, w)
+                else:
+                    update = agg.total / agg.aux["weight"]
+                eps_vals = [h.get("epsilon") for h in agg.headers if h.get("epsilon") is not None]
+                if eps_vals:
+                    epsilon = max(eps_vals)
+            else:
+                update = None
+            if update is not None:
+                if not torch.isfinite(update).all():
+                    raise AggregationError("aggregate is not finite")
+                self.weights = self.optimizer.step(self.weights, update)
+                set_flat(self.model, self.weights)
+        except AggregationError as exc:
+            aborted = str(exc)
+        acc, loss = self.evaluate()
+        return RoundResult(
+            round=round_,
+            accuracy=acc,
+            loss=loss,
+            epsilon=epsilon,
+            bytes_up=bytes_up,
+            bytes_down=bytes_down,
+            seconds=time.perf_counter() - t0,
+            participants=len(replies),
+            refused=refused,
+            epsilon_rdp=epsilon_rdp,
+            clip=clip_used,
+            aborted=aborted,
+        )
+
+    # ------------------------------------------------------------ evaluation
+    @torch.no_grad()
+    def evaluate(self) -> tuple[float | None, float]:
+        """Accuracy (classification; None for regression) and mean loss on eval data."""
+        if self.eval_data is None:
+            return None, float("nan")
+        x, y = self.eval_data
+        self.model.eval()
+        out = self.model(x)
+        if self.task == "classification":
+            return float((out.argmax(1) == y).float().mean()), float(F.cross_entropy(out, y))
+        return None, float(F.mse_loss(out, y))

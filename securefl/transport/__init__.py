@@ -1,0 +1,1 @@
+"""Wire formats: what crosses between client and server, as bytes."""

@@ -1,0 +1,110 @@
+"""Versioned, length-checked messages.
+
+Layout (little-endian)::
+
+    magic   4 bytes  b"SFLW"
+    version 1 byte   (1)
+    kind    1 byte   (see Kind)
+    hlen    4 bytes  header length
+    plen    8 bytes  payload length
+    header  hlen     UTF-8 JSON object
+    payload plen     raw bytes (float32 vectors for plaintext updates)
+    digest  32 bytes SHA-256 over everything before it
+
+The digest catches truncation and accidental corruption; it is not
+authentication (protections add their own). Every check failure raises
+:class:`~securefl.exceptions.WireFormatError` and nothing from the message is used.
+"""
+
+from __future__ import annotations
+
+import enum
+import hashlib
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from securefl.exceptions import WireFormatError
+
+MAGIC = b"SFLW"
+VERSION = 1
+_FIXED = struct.Struct("<4sBBIQ")
+_DIGEST = 32
+MAX_HEADER = 1 << 20
+MAX_PAYLOAD = 1 << 34
+
+
+class Kind(enum.IntEnum):
+    GLOBAL_MODEL = 1
+    CLIENT_UPDATE = 2
+    REFUSAL = 3
+
+
+@dataclass(frozen=True)
+class Message:
+    kind: Kind
+    header: dict[str, Any]
+    payload: bytes
+
+
+def encode(kind: Kind, header: dict[str, Any], payload: bytes = b"") -> bytes:
+    """Serialize one message."""
+    hb = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
+    if len(hb) > MAX_HEADER or len(payload) > MAX_PAYLOAD:
+        raise WireFormatError("message too large")
+    body = _FIXED.pack(MAGIC, VERSION, int(kind), len(hb), len(payload)) + hb + payload
+    return body + hashlib.sha256(body).digest()
+
+
+def decode(data: bytes, *, expect: Kind | None = None) -> Message:
+    """Parse and check one message."""
+    if not isinstance(data, (bytes, bytearray, memoryview)):
+        raise WireFormatError(f"expected bytes, got {type(data).__name__}")
+    data = bytes(data)
+    if len(data) < _FIXED.size + _DIGEST:
+        raise WireFormatError(f"message of {len(data)} bytes is shorter than the fixed header")
+    magic, version, kind, hlen, plen = _FIXED.unpack_from(data)
+    if magic != MAGIC:
+        raise WireFormatError("bad magic: not a securefl message")
+    if version != VERSION:
+        raise WireFormatError(f"unsupported message version {version}")
+    try:
+        kind = Kind(kind)
+    except ValueError:
+        raise WireFormatError(f"unknown message kind {kind}") from None
+    if expect is not None and kind != expect:
+        raise WireFormatError(f"expected a {expect.name} message, got {kind.name}")
+    if hlen > MAX_HEADER or plen > MAX_PAYLOAD:
+        raise WireFormatError("declared lengths exceed the limits")
+    expected = _FIXED.size + hlen + plen + _DIGEST
+    if len(data) != expected:
+        raise WireFormatError(f"length mismatch: declared {expected} bytes, got {len(data)}")
+    body, digest = data[:-_DIGEST], data[-_DIGEST:]
+    if hashlib.sha256(body).digest() != digest:
+        raise WireFormatError("digest mismatch: message corrupted")
+    try:
+        header = json.loads(body[_FIXED.size : _FIXED.size + hlen].decode())
+    except (UnicodeDecodeError, ValueError) as exc:
+        raise WireFormatError(f"header is not JSON: {exc}") from None
+    if not isinstance(header, dict):
+        raise WireFormatError("header must be a JSON object")
+    return Message(kind, header, body[_FIXED.size + hlen :])
+
+
+def vector_to_bytes(vector: torch.Tensor) -> bytes:
+    """A 1-D tensor as little-endian float32 bytes."""
+    return vector.detach().to(torch.float32).contiguous().numpy().astype("<f4", copy=False).tobytes()
+
+
+def bytes_to_vector(payload: bytes, length: int) -> torch.Tensor:
+    """Inverse of :func:`vector_to_bytes`; checks the length and finiteness."""
+    if len(payload) != 4 * length:
+        raise WireFormatError(f"vector payload has {len(payload)} bytes, expected {4 * length}")
+    arr = np.frombuffer(payload, dtype="<f4").astype(np.float32)
+    if not np.isfinite(arr).all():
+        raise WireFormatError("vector payload contains NaN or infinity")
+    return torch.from_numpy(arr)
