@@ -129,10 +129,10 @@ class ClientConfig:
     identical in shape, which keeps accounting cheap.
     """
 
-    local_epochs: float = 1.0
+    local_epochs: float = 2.0
     batch_size: int = 32
     sample_rate: float | None = None
-    lr: float = 0.1
+    lr: float = 0.3
     optimizer: str = "sgd"
     momentum: float = 0.0
 

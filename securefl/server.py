@@ -18,7 +18,7 @@ from torch import nn
 
 from securefl.aggregation import AGGREGATORS, SUM_COMPATIBLE
 from securefl.config import DPConfig, ServerConfig
-from securefl.exceptions import AggregationError, BudgetExhaustedError, ConfigValueError
+from securefl.exceptions import AggregationError, BudgetExhaustedError, ConfigValueError, WireFormatError
 from securefl.models import get_flat, set_flat
 from securefl.privacy import accounting
 from securefl.privacy.client_dp import AdaptiveClipper, noisy_average, update_noise_multiplier
@@ -207,8 +207,9 @@ class SecureServer:
                     raise AggregationError("aggregate is not finite")
                 self.weights = self.optimizer.step(self.weights, update)
                 set_flat(self.model, self.weights)
-        except AggregationError as exc:
-            aborted = str(exc)
+        except (AggregationError, WireFormatError) as exc:
+            # nothing from a round that fails validation reaches the global model
+            aborted = f"{type(exc).__name__}: {exc}"
         acc, loss = self.evaluate()
         return RoundResult(
             round=round_,
