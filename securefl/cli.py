@@ -4,11 +4,19 @@
 ledger.json and accuracy.png; ``securefl demo`` runs the main job on the
 embedded digits data. Usage errors print one line naming the flag and the value
 and exit with status 2.
+
+The command is the composition root of the project: besides its own
+subcommands it mounts the plug-ins listed in :data:`PLUGINS` (the ``attack`` and
+``audit`` families, among them commands of the separate ``attacks`` package).
+Each plug-in module defines ``register(subparsers)``, which adds its parsers and
+sets ``handler`` (a function ``Namespace -> int``) on them; plug-ins are
+imported by name so that the library itself never imports ``attacks``.
 """
 
 from __future__ import annotations
 
 import argparse
+import importlib
 import json
 import sys
 from pathlib import Path
@@ -43,7 +51,8 @@ def _flag(field: str) -> str:
     return "--" + field.replace("_", "-")
 
 
-def _add_train_flags(p: argparse.ArgumentParser) -> None:
+def add_train_flags(p: argparse.ArgumentParser) -> None:
+    """The flags of ``securefl train``; attack and audit commands reuse them."""
     S = argparse.SUPPRESS
     g = p.add_argument_group("data and model")
     g.add_argument("--dataset", default=S, help="digits | breast_cancer | synthetic | linreg")
@@ -64,6 +73,7 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--server-lr", type=float, default=S, help="server learning rate (1.0)")
     g.add_argument("--server-momentum", type=float, default=S)
     g.add_argument("--protect", default=S, help="update protection: none")
+    g.add_argument("--dropout", type=float, default=S, help="probability a chosen client vanishes mid-round (0)")
     g = p.add_argument_group("local training")
     g.add_argument("--local-epochs", type=float, default=S)
     g.add_argument("--batch-size", type=int, default=S)
@@ -96,16 +106,42 @@ def _add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
+#: plug-in subcommands: family -> modules that define ``register(subparsers)``.
+#: A family of ``""`` mounts at the top level (``securefl NAME``).
+PLUGINS: dict[str, list[str]] = {
+    "": [],
+    "attack": [],
+    "audit": [],
+}
+
+FAMILY_HELP = {
+    "attack": "attack benchmarks: poisoning, inversion, membership inference",
+    "audit": "privacy audits: the budget from the ledger and empirical lower bounds",
+}
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="securefl", description="Privacy-hardened federated learning.")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     train = sub.add_parser("train", help="run one federated training job")
-    _add_train_flags(train)
+    add_train_flags(train)
+    train.set_defaults(handler=cmd_train)
     demo = sub.add_parser("demo", help="the main job on the embedded digits data")
     demo.add_argument("--out", type=Path, default=Path("securefl-demo"))
     demo.add_argument("--rounds", type=int, default=30)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-progress", action="store_true")
+    demo.set_defaults(handler=cmd_demo)
+    for family, modules in PLUGINS.items():
+        if family == "":
+            target = sub
+        elif modules:
+            fam = sub.add_parser(family, help=FAMILY_HELP.get(family))
+            target = fam.add_subparsers(dest="subcommand", required=True, parser_class=_Parser)
+        else:
+            continue
+        for name in modules:
+            importlib.import_module(name).register(target)
     return parser
 
 
@@ -126,11 +162,12 @@ def _load_toml(path: Path) -> dict[str, Any]:
     return flat
 
 
-def config_from_args(ns: argparse.Namespace):
-    """Defaults < TOML file < explicit flags."""
+def config_from_args(ns: argparse.Namespace, extra_skip: Sequence[str] = ()):
+    """Defaults < TOML file < explicit flags. ``extra_skip`` names flags of a
+    plug-in command that are not run settings."""
     from securefl.config import RunConfig
 
-    skip = {"command", "config", "out", "no_progress"}
+    skip = {"command", "subcommand", "handler", "config", "out", "no_progress", *extra_skip}
     values: dict[str, Any] = {}
     if getattr(ns, "config", None) is not None:
         values.update(_load_toml(ns.config))
@@ -144,7 +181,8 @@ def _progress(total: int, disable: bool):
     return tqdm(total=total, unit="round", disable=disable, file=sys.stderr, dynamic_ncols=True)
 
 
-def _run(config, out: Path, no_progress: bool) -> dict[str, Any]:
+def run_training(config, out: Path, no_progress: bool) -> dict[str, Any]:
+    """Run one job with a progress bar; return its metrics (also written under ``out``)."""
     from securefl.simulation import Simulation
 
     sim = Simulation(config, out_dir=out)
@@ -174,7 +212,7 @@ def _summary_line(m: dict[str, Any], out: Path) -> str:
 
 def cmd_train(ns: argparse.Namespace) -> int:
     config = config_from_args(ns)
-    metrics = _run(config, ns.out, ns.no_progress)
+    metrics = run_training(config, ns.out, ns.no_progress)
     print(_summary_line(metrics, ns.out))
     return 0
 
@@ -184,8 +222,8 @@ def cmd_demo(ns: argparse.Namespace) -> int:
 
     base = {**DEMO_SETTINGS, "rounds": ns.rounds, "seed": ns.seed}
     print(f"securefl demo: {base['clients']} clients on digits (Dirichlet alpha={base['alpha']}), {ns.rounds} rounds")
-    plain = _run(RunConfig.from_flat({**base, "dp": "none", "epsilon": None}), ns.out / "plain", ns.no_progress)
-    private = _run(RunConfig.from_flat(base), ns.out / "dp-sgd", ns.no_progress)
+    plain = run_training(RunConfig.from_flat({**base, "dp": "none", "epsilon": None}), ns.out / "plain", ns.no_progress)
+    private = run_training(RunConfig.from_flat(base), ns.out / "dp-sgd", ns.no_progress)
     fp, fd = plain["final"], private["final"]
     print()
     print(f"{'run':<34}{'test accuracy':>14}{'epsilon':>10}{'MB up':>9}")
@@ -200,20 +238,18 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     return 0
 
 
-COMMANDS = {"train": cmd_train, "demo": cmd_demo}
-
-
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
+    prog = " ".join(["securefl", ns.command, *([ns.subcommand] if getattr(ns, "subcommand", None) else [])])
     try:
-        return COMMANDS[ns.command](ns)
+        return ns.handler(ns)
     except ConfigError as exc:
         flag = _flag(exc.field) if exc.field != "config" else "--config"
-        sys.stderr.write(f"securefl {ns.command}: error: {flag}: {exc.reason} (got {exc.value!r})\n")
+        sys.stderr.write(f"{prog}: error: {flag}: {exc.reason} (got {exc.value!r})\n")
         return EXIT_USAGE
     except SecureFLError as exc:
-        sys.stderr.write(f"securefl {ns.command}: error: {exc}\n")
+        sys.stderr.write(f"{prog}: error: {exc}\n")
         return 1
 
 

@@ -26,7 +26,7 @@ from securefl.privacy.client_dp import clip_update
 from securefl.privacy.dpsgd import dp_sgd_train, steps_per_round
 from securefl.privacy.ledger import PrivacyLedger
 from securefl.privacy.noise import SecureRNG
-from securefl.protect import Plaintext, Protection
+from securefl.protect import ClientProtection, Plaintext
 from securefl.transport import wire
 
 
@@ -58,7 +58,7 @@ class SecureClient:
         planned_rounds: rounds the noise multiplier is solved for (sample-level DP);
             the client assumes it may take part in every one of them.
         ledger: where spend is recorded; defaults to an in-memory ledger.
-        protection: seals the update; defaults to plaintext.
+        protection: the client half of the update protection; defaults to plaintext.
         algorithm: ``"fedavg"`` (local epochs) or ``"fedsgd"`` (one step).
         rng: secure randomness for noise and sampling; a fresh ``SecureRNG`` by default.
         seed: seeds the shuffling of non-private local training.
@@ -76,7 +76,7 @@ class SecureClient:
         dp: DPConfig = DPConfig(),
         planned_rounds: int = 1,
         ledger: PrivacyLedger | None = None,
-        protection: Protection | None = None,
+        protection: ClientProtection | None = None,
         algorithm: str = "fedavg",
         rng: SecureRNG | None = None,
         seed: int = 0,
@@ -204,3 +204,8 @@ class SecureClient:
             return self.protection.seal(clipped, aux, header)
         aux = {"weight": float(result.num_samples)}
         return self.protection.seal(result.update * result.num_samples, aux, header)
+
+    def handle(self, message: bytes) -> bytes:
+        """Answer a protocol message of this client's protection (key exchange,
+        unmasking, decryption of an aggregate)."""
+        return self.protection.handle(message)

@@ -158,6 +158,7 @@ class ServerConfig:
     server_lr: float = 1.0
     server_momentum: float = 0.9
     aggregator: str = "mean"
+    dropout: float = 0.0
 
     def __post_init__(self) -> None:
         from securefl.aggregation import AGGREGATORS
@@ -171,6 +172,20 @@ class ServerConfig:
         _float("server_lr", self.server_lr, 0.0, lo_open=True)
         _float("server_momentum", self.server_momentum, 0.0, 1.0, hi_open=True)
         _choice("aggregator", self.aggregator, sorted(AGGREGATORS))
+        _float("dropout", self.dropout, 0.0, 1.0, hi_open=True)
+
+
+@dataclass(frozen=True)
+class ProtectConfig:
+    """Settings of the update protections (``--protect``); each protection reads its
+    own section. Field names stay unique across all sub-configs (flat routing)."""
+
+    # --- ckks (securefl.crypto.ckks)
+
+    # --- secagg (securefl.crypto.secagg)
+
+    def __post_init__(self) -> None:
+        pass
 
 
 @dataclass(frozen=True)
@@ -190,6 +205,7 @@ class RunConfig:
     dp: DPConfig = field(default_factory=DPConfig)
     client: ClientConfig = field(default_factory=ClientConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
+    protection: ProtectConfig = field(default_factory=ProtectConfig)
 
     def __post_init__(self) -> None:
         from securefl.data import DATASETS, PARTITIONERS
@@ -206,7 +222,7 @@ class RunConfig:
         _choice("protect", self.protect, sorted(PROTECTIONS))
         _int("seed", self.seed, 0, 2**63 - 1)
         _float("test_fraction", self.test_fraction, 0.0, 0.9, lo_open=True)
-        for name, cls in (("dp", DPConfig), ("client", ClientConfig), ("server", ServerConfig)):
+        for name, cls in _SUBCONFIGS.items():
             if not isinstance(getattr(self, name), cls):
                 raise ConfigTypeError(name, getattr(self, name), f"must be a {cls.__name__}")
         if (
@@ -227,10 +243,10 @@ class RunConfig:
         """Map every flat field name to the sub-config that owns it ('' = top level)."""
         owner: dict[str, str] = {}
         for f in dataclasses.fields(cls):
-            if f.name in ("dp", "client", "server"):
+            if f.name in _SUBCONFIGS:
                 continue
             owner[f.name] = ""
-        for sub, sub_cls in (("dp", DPConfig), ("client", ClientConfig), ("server", ServerConfig)):
+        for sub, sub_cls in _SUBCONFIGS.items():
             for f in dataclasses.fields(sub_cls):
                 owner[f.name] = sub
         return owner
@@ -240,17 +256,12 @@ class RunConfig:
         """Build a config from flat ``name -> value`` pairs (CLI flags, TOML keys)."""
         owner = cls.field_owner()
         top: dict[str, Any] = {}
-        subs: dict[str, dict[str, Any]] = {"dp": {}, "client": {}, "server": {}}
+        subs: dict[str, dict[str, Any]] = {name: {} for name in _SUBCONFIGS}
         for key, value in values.items():
             if key not in owner:
                 raise ConfigValueError(key, value, "unknown setting")
             (subs[owner[key]] if owner[key] else top)[key] = value
-        return cls(
-            dp=DPConfig(**subs["dp"]),
-            client=ClientConfig(**subs["client"]),
-            server=ServerConfig(**subs["server"]),
-            **top,
-        )
+        return cls(**{name: sub_cls(**subs[name]) for name, sub_cls in _SUBCONFIGS.items()}, **top)
 
     def to_flat(self) -> dict[str, Any]:
         """The inverse of :meth:`from_flat`: every setting under its flat name."""
@@ -262,3 +273,12 @@ class RunConfig:
             else:
                 flat[f.name] = value
         return flat
+
+
+#: the sub-configs of :class:`RunConfig`, by field name
+_SUBCONFIGS: dict[str, type] = {
+    "dp": DPConfig,
+    "client": ClientConfig,
+    "server": ServerConfig,
+    "protection": ProtectConfig,
+}

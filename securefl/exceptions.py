@@ -76,5 +76,10 @@ class ProtocolError(SecureFLError):
     """A participant sent something the protocol does not allow at this point."""
 
 
+class ClientDropout(SecureFLError):
+    """A client went away mid-round (raised by a client, or simulated by the
+    server's exchange); the protocol carries on without it where it can."""
+
+
 class AggregationError(SecureFLError):
     """Aggregation could not produce a valid result; the global model is left unchanged."""

@@ -1,23 +1,50 @@
-"""Update protections: what the client seals and what the server can open.
+"""Update protections: the seam where plaintext, CKKS and secure aggregation plug in.
 
-A protection turns a client's weighted update ``n_k * Delta_k`` plus a few
-auxiliary counters (``weight`` = n_k, and e.g. ``unclipped`` for adaptive
-clipping) into bytes, and turns the round's messages into an
-:class:`AggregateInput`. The plaintext protection lets the server see every
-individual update; encrypted and masked protections (CKKS, secure aggregation)
-plug into this same seam and release only sums.
+A protection has two halves:
+
+* a :class:`ClientProtection` on every client, which holds that client's secrets,
+  seals the client's weighted update ``n_k * Delta_k`` plus a few auxiliary
+  counters (``weight`` = n_k; ``unclipped`` for adaptive clipping) into bytes,
+  and answers the protocol messages of its kind (:meth:`ClientProtection.handle`);
+* a :class:`ServerProtection` on the server, which runs the round's protocol over
+  an :class:`Exchange` (the only way it talks to clients: bytes out, bytes in,
+  every byte counted) and returns an :class:`AggregateInput` — what the server
+  learns. Only the plaintext protection lets it see individual updates.
+
+Protocol state machines (who sends what, when) live in each protection's module;
+the cryptographic maths (what a message contains) live in :mod:`securefl.crypto`;
+the bytes on the wire are :mod:`securefl.transport.wire` messages.
+
+``PROTECTIONS`` maps a name (``--protect``) to a :class:`ProtectionSpec` whose
+factories build both halves from a :class:`~securefl.config.RunConfig`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any
+from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
 
 import torch
 
-from securefl.exceptions import WireFormatError
+from securefl.exceptions import BudgetExhaustedError, ClientDropout, ProtocolError, WireFormatError
 from securefl.transport import wire
+
+if TYPE_CHECKING:  # pragma: no cover
+    from securefl.config import RunConfig
+    from securefl.privacy.noise import SecureRNG
+
+
+class ClientLike(Protocol):
+    """What the server needs of a client: a name and two byte-in, byte-out calls."""
+
+    client_id: str
+
+    def fit(self, message: bytes) -> bytes:
+        """Answer a GLOBAL_MODEL message with this client's sealed update."""
+
+    def handle(self, message: bytes) -> bytes:
+        """Answer any other protocol message (key exchange, unmasking, decryption)."""
 
 
 @dataclass
@@ -29,26 +56,94 @@ class AggregateInput:
     count: int  #: number of contributing clients
     individual: list[tuple[torch.Tensor, float]] | None = None  #: (update, weight), plaintext only
     headers: list[dict[str, Any]] = field(default_factory=list)
+    stats: dict[str, Any] = field(default_factory=dict)  #: protection-specific metrics (e.g. saturation)
 
 
-class Protection(ABC):
-    """The client and server halves of one protection."""
+class Exchange:
+    """One round's traffic between the server and its clients.
+
+    Every message goes through :meth:`send`, which counts bytes both ways, turns a
+    client's refusal (:class:`BudgetExhaustedError`) or disappearance
+    (:class:`ClientDropout`) into a ``None`` reply, and remembers who is gone: a
+    client that dropped or refused is never asked again this round.
+
+    ``drop_at`` simulates dropouts: ``{client_id: k}`` makes that client vanish
+    instead of answering its ``k``-th message of the round (1-based).
+    """
+
+    def __init__(self, round_: int, drop_at: dict[str, int] | None = None) -> None:
+        self.round = round_
+        self.bytes_up = 0
+        self.bytes_down = 0
+        self.refused: list[str] = []
+        self.dropped: list[str] = []
+        self._drop_at = dict(drop_at or {})
+        self._asked: dict[str, int] = {}
+
+    def gone(self, client_id: str) -> bool:
+        return client_id in self.refused or client_id in self.dropped
+
+    def send(self, client: ClientLike, message: bytes, *, method: str = "handle") -> bytes | None:
+        """Deliver ``message`` to ``client`` (``method`` is ``"fit"`` or ``"handle"``)."""
+        cid = client.client_id
+        if self.gone(cid):
+            return None
+        self._asked[cid] = self._asked.get(cid, 0) + 1
+        self.bytes_down += len(message)
+        if self._drop_at.get(cid) == self._asked[cid]:
+            self.dropped.append(cid)
+            return None
+        try:
+            reply = getattr(client, method)(message)
+        except BudgetExhaustedError:
+            self.refused.append(cid)
+            return None
+        except ClientDropout:
+            self.dropped.append(cid)
+            return None
+        self.bytes_up += len(reply)
+        return reply
+
+
+class ClientProtection(ABC):
+    """The client half: holds the client's secrets; never serialized to the server."""
+
+    name: str = ""
+
+    @abstractmethod
+    def seal(self, weighted_update: torch.Tensor, aux: dict[str, float], header: dict[str, Any]) -> bytes:
+        """The bytes sent to the server for this round's update."""
+
+    def handle(self, message: bytes) -> bytes:
+        """Answer a protocol message; protections without extra stages have none."""
+        msg = wire.decode(message)
+        raise ProtocolError(f"protection {self.name!r} expects no {msg.kind.name} message")
+
+
+class ServerProtection(ABC):
+    """The server half: runs the protocol and learns only what it is meant to."""
 
     name: str = ""
     #: whether the server sees individual updates (robust aggregators need this)
     sees_individual_updates: bool = False
+    #: messages each client answers per round (dropouts are drawn among them)
+    stages: int = 1
+
+    def setup(self, clients: Sequence[ClientLike], exchange: Exchange) -> None:
+        """One-off set-up before the first round (e.g. key distribution)."""
 
     @abstractmethod
-    def seal(self, weighted_update: torch.Tensor, aux: dict[str, float], header: dict[str, Any]) -> bytes:
-        """Client side: the bytes sent to the server for this round."""
+    def aggregate(
+        self, clients: Sequence[ClientLike], global_message: bytes, dim: int, exchange: Exchange
+    ) -> AggregateInput | None:
+        """Run one round with ``clients`` (this round's sample); ``None`` if nobody
+        contributed. Raise :class:`~securefl.exceptions.AggregationError` (or a
+        subclass) to abort the round."""
 
-    @abstractmethod
-    def open(self, messages: list[bytes], dim: int) -> AggregateInput:
-        """Server side: combine one round's messages."""
 
-
-class Plaintext(Protection):
-    """No protection: float32 updates in the clear (the baseline)."""
+class Plaintext(ClientProtection, ServerProtection):
+    """No protection: float32 updates in the clear (the baseline). Both halves in one
+    class since there is no secret to keep."""
 
     name = "none"
     sees_individual_updates = True
@@ -60,7 +155,15 @@ class Plaintext(Protection):
             wire.vector_to_bytes(weighted_update),
         )
 
+    def aggregate(
+        self, clients: Sequence[ClientLike], global_message: bytes, dim: int, exchange: Exchange
+    ) -> AggregateInput | None:
+        replies = [exchange.send(c, global_message, method="fit") for c in clients]
+        replies = [r for r in replies if r is not None]
+        return self.open(replies, dim) if replies else None
+
     def open(self, messages: list[bytes], dim: int) -> AggregateInput:
+        """Sum a round's plaintext updates, keeping each for robust aggregators."""
         total = torch.zeros(dim, dtype=torch.float64)
         aux: dict[str, float] = {}
         individual: list[tuple[torch.Tensor, float]] = []
@@ -83,8 +186,19 @@ class Plaintext(Protection):
         return AggregateInput(total.float(), aux, len(individual), individual, headers)
 
 
-PROTECTIONS: dict[str, type[Protection]] = {"none": Plaintext}
+@dataclass(frozen=True)
+class ProtectionSpec:
+    """How to build both halves of a protection for a run.
+
+    ``client(config, client_id, rng)`` and ``server(config, rng)`` receive the
+    whole run configuration (number of clients, clip bounds, the protection's
+    own settings in ``config.protection``).
+    """
+
+    client: Callable[["RunConfig", str, "SecureRNG"], ClientProtection]
+    server: Callable[["RunConfig", "SecureRNG"], ServerProtection]
 
 
-def make_protection(name: str) -> Protection:
-    return PROTECTIONS[name]()
+PROTECTIONS: dict[str, ProtectionSpec] = {
+    "none": ProtectionSpec(client=lambda cfg, cid, rng: Plaintext(), server=lambda cfg, rng: Plaintext()),
+}

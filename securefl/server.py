@@ -1,7 +1,7 @@
 """SecureServer: rounds, client sampling, aggregation, server optimizer, evaluation.
 
 The server only ever handles bytes from clients and opens them through the
-round's :class:`~securefl.protect.Protection`. It never trusts an aggregate it
+round's :class:`~securefl.protect.ServerProtection`. It never trusts an aggregate it
 cannot validate: a round whose aggregate is not finite is aborted and the global
 model is left unchanged.
 """
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Sequence
 
 import torch
 import torch.nn.functional as F
@@ -18,23 +18,17 @@ from torch import nn
 
 from securefl.aggregation import AGGREGATORS, SUM_COMPATIBLE
 from securefl.config import DPConfig, ServerConfig
-from securefl.exceptions import AggregationError, BudgetExhaustedError, ConfigValueError, WireFormatError
+from securefl.exceptions import AggregationError, ConfigValueError, ProtocolError, WireFormatError
 from securefl.models import get_flat, set_flat
 from securefl.privacy import accounting
 from securefl.privacy.client_dp import AdaptiveClipper, noisy_average, update_noise_multiplier
 from securefl.privacy.ledger import PrivacyLedger
 from securefl.privacy.noise import SecureRNG
-from securefl.protect import Plaintext, Protection
+from securefl.protect import ClientLike, Exchange, Plaintext, ServerProtection
 from securefl.server_opt import make_server_optimizer
 from securefl.transport import wire
 
 FEDERATION = "federation"
-
-
-class ClientLike(Protocol):
-    client_id: str
-
-    def fit(self, message: bytes) -> bytes: ...
 
 
 @dataclass
@@ -50,9 +44,11 @@ class RoundResult:
     seconds: float
     participants: int
     refused: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
     epsilon_rdp: float | None = None
     clip: float | None = None
     aborted: str | None = None
+    protection: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
@@ -66,7 +62,7 @@ class SecureServer:
         config: rounds, sampling, aggregation and server optimizer.
         dp: privacy settings; ``dp.dp == "client"`` makes the server run DP-FedAvg.
         num_clients: size of the population (for the client-level sampling rate).
-        protection: must match the clients'.
+        protection: the server half of the clients' protection.
         ledger: where client-level spend is recorded (subject ``"federation"``).
         eval_data: ``(x, y)`` held-out data for per-round evaluation.
         task: ``"classification"`` or ``"regression"``.
@@ -80,7 +76,7 @@ class SecureServer:
         config: ServerConfig = ServerConfig(),
         dp: DPConfig = DPConfig(),
         num_clients: int,
-        protection: Protection | None = None,
+        protection: ServerProtection | None = None,
         ledger: PrivacyLedger | None = None,
         eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
         task: str = "classification",
@@ -91,6 +87,7 @@ class SecureServer:
         self.dp = dp
         self.num_clients = num_clients
         self.protection = protection or Plaintext()
+        self._set_up = False
         self.ledger = ledger or PrivacyLedger(None, delta=dp.delta, budget=dp.epsilon, accountant=dp.accountant)
         self.eval_data = eval_data
         self.task = task
@@ -103,7 +100,8 @@ class SecureServer:
             raise ConfigValueError(
                 "aggregator",
                 config.aggregator,
-                f"needs individual updates, which protect={self.protection.name!r} hides from the server",
+                f"needs individual updates, which protect={self.protection.name!r} hides from the server; "
+                "under a protection use aggregator 'mean' with client-side norm bounding or DP",
             )
         self.aggregator = AGGREGATORS[config.aggregator]
         # client-level DP (DP-FedAvg)
@@ -141,6 +139,15 @@ class SecureServer:
             return [int(i) for i in range(n) if self.rng.uniform(1)[0] < q]
         return self.rng.sample(n, max(1, round(q * n)))
 
+    def draw_dropouts(self, chosen: Sequence[ClientLike]) -> dict[str, int]:
+        """Simulated dropouts: each chosen client vanishes with probability
+        ``config.dropout``, at a stage drawn uniformly among the protocol's."""
+        p = self.config.dropout
+        if p <= 0:
+            return {}
+        stages = max(1, int(self.protection.stages))
+        return {c.client_id: 1 + self.rng.below(stages) for c in chosen if self.rng.uniform(1)[0] < p}
+
     # ------------------------------------------------------------ one round
     def global_message(self, round_: int) -> bytes:
         header: dict[str, Any] = {"round": round_, "dim": int(self.weights.numel())}
@@ -151,25 +158,26 @@ class SecureServer:
     def run_round(self, round_: int, clients: Sequence[ClientLike]) -> RoundResult:
         """Sample, broadcast, collect, aggregate, step, evaluate."""
         t0 = time.perf_counter()
+        if not self._set_up:
+            setup = Exchange(0)
+            self.protection.setup(clients, setup)
+            self._set_up = True
+            setup_up, setup_down = setup.bytes_up, setup.bytes_down
+        else:
+            setup_up = setup_down = 0
         chosen = [clients[i] for i in self.sample()]
         down = self.global_message(round_)
-        replies: list[bytes] = []
-        refused: list[str] = []
-        bytes_down = 0
-        for client in chosen:
-            bytes_down += len(down)
-            try:
-                replies.append(client.fit(down))
-            except BudgetExhaustedError:
-                refused.append(client.client_id)
-        bytes_up = sum(len(r) for r in replies)
+        exchange = Exchange(round_, self.draw_dropouts(chosen))
         dim = int(self.weights.numel())
         clip_used = self.clip if self.dp.dp == "client" else None
         epsilon = epsilon_rdp = None
         aborted = None
+        update = None
+        agg = None
         try:
             if self.dp.dp == "client":
-                # the mechanism runs every round, even with no participants
+                # the mechanism runs every round, even with no participants; its
+                # spend is on disk before anything is released
                 entry = self.ledger.record(
                     subject=FEDERATION,
                     round=round_,
@@ -179,18 +187,19 @@ class SecureServer:
                     steps=1,
                 )
                 epsilon, epsilon_rdp = entry["epsilon"][self.dp.accountant], entry["epsilon"]["rdp"]
-                agg = self.protection.open(replies, dim)
+            agg = self.protection.aggregate(chosen, down, dim, exchange)
+            if self.dp.dp == "client":
                 update = noisy_average(
-                    agg.total,
+                    agg.total if agg is not None else torch.zeros(dim),
                     noise_multiplier=float(self.update_noise_multiplier or 0.0),
                     clip=self.clip,
                     denominator=self.expected_clients,
                     rng=self.rng,
                 )
                 if self.clipper is not None:
-                    self.clip = self.clipper.update(agg.aux.get("unclipped", 0.0), self.rng)
-            elif replies:
-                agg = self.protection.open(replies, dim)
+                    unclipped = agg.aux.get("unclipped", 0.0) if agg is not None else 0.0
+                    self.clip = self.clipper.update(unclipped, self.rng)
+            elif agg is not None and agg.count:
                 if agg.individual is not None and self.config.aggregator != "mean":
                     stack = torch.stack([u for u, _ in agg.individual])
                     w = torch.tensor([wt for _, wt in agg.individual])
@@ -200,14 +209,12 @@ class SecureServer:
                 eps_vals = [h.get("epsilon") for h in agg.headers if h.get("epsilon") is not None]
                 if eps_vals:
                     epsilon = max(eps_vals)
-            else:
-                update = None
             if update is not None:
                 if not torch.isfinite(update).all():
                     raise AggregationError("aggregate is not finite")
                 self.weights = self.optimizer.step(self.weights, update)
                 set_flat(self.model, self.weights)
-        except (AggregationError, WireFormatError) as exc:
+        except (AggregationError, WireFormatError, ProtocolError) as exc:
             # nothing from a round that fails validation reaches the global model
             aborted = f"{type(exc).__name__}: {exc}"
         acc, loss = self.evaluate()
@@ -216,14 +223,16 @@ class SecureServer:
             accuracy=acc,
             loss=loss,
             epsilon=epsilon,
-            bytes_up=bytes_up,
-            bytes_down=bytes_down,
+            bytes_up=exchange.bytes_up + setup_up,
+            bytes_down=exchange.bytes_down + setup_down,
             seconds=time.perf_counter() - t0,
-            participants=len(replies),
-            refused=refused,
+            participants=agg.count if agg is not None else 0,
+            refused=exchange.refused,
+            dropped=exchange.dropped,
             epsilon_rdp=epsilon_rdp,
             clip=clip_used,
             aborted=aborted,
+            protection=dict(agg.stats) if agg is not None else {},
         )
 
     # ------------------------------------------------------------ evaluation

@@ -23,7 +23,7 @@ from securefl.data import FederatedData, load_dataset, partition, summarize
 from securefl.models import build_model
 from securefl.privacy.ledger import PrivacyLedger
 from securefl.privacy.noise import SecureRNG
-from securefl.protect import make_protection
+from securefl.protect import PROTECTIONS
 from securefl.server import FEDERATION, RoundResult, SecureServer
 
 
@@ -76,6 +76,7 @@ class Simulation:
                 c.model, self.data.input_shape, self.data.num_classes, hidden=c.hidden, seed=c.seed
             )
 
+        spec = PROTECTIONS[c.protect]
         self.clients = [
             SecureClient(
                 f"client-{k}",
@@ -87,7 +88,7 @@ class Simulation:
                 dp=c.dp,
                 planned_rounds=c.server.rounds,
                 ledger=self.ledger,
-                protection=make_protection(c.protect),
+                protection=spec.client(c, f"client-{k}", rng(f"protect-client-{k}")),
                 algorithm=c.server.algorithm,
                 rng=rng(f"client-{k}"),
                 seed=c.seed,
@@ -99,7 +100,7 @@ class Simulation:
             config=c.server,
             dp=c.dp,
             num_clients=c.clients,
-            protection=make_protection(c.protect),
+            protection=spec.server(c, rng("protect-server")),
             ledger=self.ledger,
             eval_data=(self.data.x_test, self.data.y_test),
             task=self.data.task,
@@ -165,6 +166,7 @@ class Simulation:
                 if c.dp.dp == "client"
                 else (self.clients[0].noise_multiplier if c.dp.dp == "sample" else None),
                 "refusals": sum(len(r["refused"]) for r in self.rounds),
+                "dropouts": sum(len(r["dropped"]) for r in self.rounds),
                 "bytes_up": sum(r["bytes_up"] for r in self.rounds),
                 "bytes_down": sum(r["bytes_down"] for r in self.rounds),
                 "seconds": round(seconds, 3),
