@@ -110,7 +110,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
 #: A family of ``""`` mounts at the top level (``securefl NAME``).
 PLUGINS: dict[str, list[str]] = {
     "": [],
-    "attack": [],
+    "attack": ["attacks.commands.bench"],
     "audit": [],
 }
 
