@@ -44,7 +44,11 @@ def _float(
 ) -> None:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise ConfigTypeError(name, value, "must be a number")
-    if not math.isfinite(value):
+    try:
+        finite = math.isfinite(value)
+    except OverflowError:  # an int beyond the float range
+        finite = False
+    if not finite:
         raise ConfigValueError(name, value, "must be finite")
     if lo is not None and (value <= lo if lo_open else value < lo):
         raise ConfigValueError(name, value, f"must be {'>' if lo_open else '>='} {lo}")

@@ -76,7 +76,7 @@ class CNN(nn.Module):
             nn.Tanh(),
         )
         flat = 2 * ch * ((h + 1) // 2) * ((w + 1) // 2)
-        self.head = nn.Sequential(nn.Flatten(), nn.Linear(flat, hidden), nn.Tanh(), nn.Linear(hidden, num_classes))
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(flat, hidden), nn.Tanh(), nn.Linear(hidden, max(num_classes, 1)))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.features(x))

@@ -193,11 +193,6 @@ def test_flat_models_give_one_output_for_regression(name):
     assert build_model(name, (10,), 0)(torch.zeros(2, 10)).shape == (2, 1)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG models.CNN: head ends in nn.Linear(hidden, num_classes) without max(num_classes, 1), "
-    "so num_classes=0 (regression) builds a model with zero outputs",
-)
 def test_cnn_gives_one_output_for_regression():
     import warnings
 

@@ -22,8 +22,10 @@ def weighted_mean(updates: torch.Tensor, weights: torch.Tensor) -> torch.Tensor:
     """FedAvg (McMahan et al. 2017): sum_k n_k u_k / sum_k n_k."""
     if updates.ndim != 2 or weights.shape != (updates.shape[0],):
         raise AggregationError(f"shape mismatch: updates {tuple(updates.shape)}, weights {tuple(weights.shape)}")
+    if not torch.isfinite(weights).all() or (weights < 0).any():
+        raise AggregationError(f"weights must be finite and non-negative, got {weights.tolist()}")
     total = weights.sum()
-    if updates.shape[0] == 0 or total <= 0:
+    if updates.shape[0] == 0 or not total > 0:
         raise AggregationError("no weight to aggregate")
     return (weights.to(updates.dtype) @ updates) / total
 

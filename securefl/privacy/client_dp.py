@@ -40,6 +40,8 @@ def update_noise_multiplier(noise_multiplier: float, count_stddev: float) -> flo
     budget (Andrew et al. 2021, Thm. 1): z_delta = (z^-2 - (2 sigma_b)^-2)^(-1/2)."""
     if noise_multiplier == 0:
         return 0.0
+    if not count_stddev > 0:
+        raise ConfigValueError("clip_count_stddev", count_stddev, "must be > 0")
     rest = noise_multiplier**-2 - (2 * count_stddev) ** -2
     if rest <= 0:
         raise ConfigValueError(

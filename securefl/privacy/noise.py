@@ -6,7 +6,7 @@ operator, can predict or replay the noise. ``SecureRNG.from_seed`` derives the k
 from a user seed with HKDF-SHA256: runs become reproducible, and anyone who knows
 the seed can subtract the noise, which voids the DP guarantee against them.
 
-Gaussian samples use the Box-Muller transform on 53-bit uniforms in float64 and
+Gaussian samples use the Box-Muller transform on 52-bit uniforms in float64 and
 are cast to the target dtype afterwards. Floating-point DP attacks against
 textbook samplers (Mironov 2012; Jin et al. 2022) remain possible in principle;
 SECURITY.md states this.
@@ -65,7 +65,8 @@ class SecureRNG:
 
     def uniform(self, n: int) -> np.ndarray:
         """``n`` float64 uniforms in the open interval (0, 1)."""
-        return ((self.uint64(n) >> np.uint64(11)).astype(np.float64) + 0.5) * 2.0**-53
+        # 52 random bits: (k + 0.5) * 2^-52 is exact in float64 and lies strictly in (0, 1)
+        return ((self.uint64(n) >> np.uint64(12)).astype(np.float64) + 0.5) * 2.0**-52
 
     def normal(self, shape: tuple[int, ...] | torch.Size, std: float = 1.0, dtype=torch.float32) -> torch.Tensor:
         """Gaussian samples N(0, std^2) of ``shape`` (Box-Muller)."""

@@ -88,8 +88,8 @@ def decode(data: bytes, *, expect: Kind | None = None) -> Message:
         raise WireFormatError("digest mismatch: message corrupted")
     try:
         header = json.loads(body[_FIXED.size : _FIXED.size + hlen].decode())
-    except (UnicodeDecodeError, ValueError) as exc:
-        raise WireFormatError(f"header is not JSON: {exc}") from None
+    except (UnicodeDecodeError, ValueError, RecursionError) as exc:
+        raise WireFormatError(f"header is not JSON: {type(exc).__name__}") from None
     if not isinstance(header, dict):
         raise WireFormatError("header must be a JSON object")
     return Message(kind, header, body[_FIXED.size + hlen :])

@@ -117,11 +117,6 @@ def test_no_weight_raises(updates, weights):
     assert isinstance(excinfo.value, SecureFLError)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="BUG aggregation.weighted_mean: `total <= 0` is False for a NaN total, so a NaN "
-    "weight yields an all-NaN aggregate instead of AggregationError",
-)
 def test_nan_weight_raises():
     with pytest.raises(AggregationError):
         weighted_mean(torch.ones(2, 3), torch.tensor([float("nan"), 1.0]))

@@ -195,12 +195,6 @@ def test_update_noise_multiplier_rejects_small_count_stddev(z, sb):
     assert info.value.value == sb
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ZeroDivisionError,
-    reason="BUG client_dp.py update_noise_multiplier: count_stddev=0 raises ZeroDivisionError "
-    "from (2*0.0)**-2 instead of ConfigValueError",
-)
 def test_update_noise_multiplier_zero_count_stddev_is_config_error():
     with pytest.raises(ConfigValueError):
         update_noise_multiplier(1.0, 0.0)

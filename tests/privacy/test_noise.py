@@ -98,7 +98,7 @@ def test_uniform_open_interval_and_distribution():
     assert (u > 0).all() and (u < 1).all()
     assert _mean_ok(u, 0.5, math.sqrt(1 / 12))
     assert stats.kstest(u, "uniform").pvalue > ALPHA
-    assert len(np.unique(u)) == N  # 53-bit resolution: no collisions expected
+    assert len(np.unique(u)) == N  # 52-bit resolution: no collisions expected
 
 
 def test_uniform_lowest_word_maps_inside_interval():
@@ -108,12 +108,6 @@ def test_uniform_lowest_word_maps_inside_interval():
     assert (u > 0).all() and (u < 1).all()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="BUG noise.py SecureRNG.uniform: (2^53-1)+0.5 rounds to 2^53 in float64, so the "
-    "all-ones 64-bit word maps to exactly 1.0 (probability 2^-53 per draw), outside (0, 1)",
-)
 def test_uniform_highest_word_maps_inside_interval():
     r = SecureRNG()
     r.uint64 = lambda n: np.full(n, np.iinfo(np.uint64).max, dtype=np.uint64)
