@@ -187,6 +187,7 @@ class SecureClient:
         dim = int(msg.header["dim"])
         round_ = int(msg.header["round"])
         weights = wire.bytes_to_vector(msg.payload, dim)
+        self.protection.begin(msg.header)
         result = self.train(weights, round_)
         header = {
             "round": round_,

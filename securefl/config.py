@@ -187,8 +187,27 @@ class ProtectConfig:
     # --- ckks (securefl.crypto.ckks)
 
     # --- secagg (securefl.crypto.secagg)
+    secagg_clip: float = 1.0  #: bound on each coordinate of an (unweighted) update
+    secagg_max_weight: float = 4096.0  #: bound on a client's weight n_k
+    secagg_bits: int = 32  #: ring Z_(2^bits): 32 or 64
+    secagg_threshold: float = 0.6  #: fraction of share holders needed to unmask, in (0.5, 1]
+    secagg_neighbors: int = 0  #: 0 = complete graph; even k = SecAgg+ with k neighbours
+    secagg_malicious: bool = False  #: signed keys + consistency check (malicious server)
+
+    def _check_secagg(self) -> None:
+        from securefl.crypto.secagg.common import SecAggSettings
+
+        SecAggSettings(
+            clip=self.secagg_clip,
+            max_weight=self.secagg_max_weight,
+            bits=self.secagg_bits,
+            threshold=self.secagg_threshold,
+            neighbors=self.secagg_neighbors,
+            malicious=self.secagg_malicious,
+        )
 
     def __post_init__(self) -> None:
+        self._check_secagg()
         pass
 
 

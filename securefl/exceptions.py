@@ -83,3 +83,17 @@ class ClientDropout(SecureFLError):
 
 class AggregationError(SecureFLError):
     """Aggregation could not produce a valid result; the global model is left unchanged."""
+
+
+class SecAggAbortError(AggregationError):
+    """Secure aggregation lost too many clients: fewer than ``threshold`` remained
+    at ``stage``, so the round is aborted and nothing further is revealed."""
+
+    def __init__(self, survivors: int, threshold: int, stage: str) -> None:
+        self.survivors = survivors
+        self.threshold = threshold
+        self.stage = stage
+        super().__init__(
+            f"secure aggregation aborted at the {stage} stage: {survivors} clients left, "
+            f"fewer than the threshold {threshold}"
+        )

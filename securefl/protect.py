@@ -114,6 +114,10 @@ class ClientProtection(ABC):
     def seal(self, weighted_update: torch.Tensor, aux: dict[str, float], header: dict[str, Any]) -> bytes:
         """The bytes sent to the server for this round's update."""
 
+    def begin(self, header: dict[str, Any]) -> None:
+        """See the round's GLOBAL_MODEL header before training (a protocol's round
+        parameters, e.g. secure aggregation's masking set); nothing by default."""
+
     def handle(self, message: bytes) -> bytes:
         """Answer a protocol message; protections without extra stages have none."""
         msg = wire.decode(message)
@@ -199,6 +203,19 @@ class ProtectionSpec:
     server: Callable[["RunConfig", "SecureRNG"], ServerProtection]
 
 
+def _secagg_client(cfg: "RunConfig", cid: str, rng: "SecureRNG") -> ClientProtection:
+    from securefl.crypto.secagg.protection import client_factory  # lazy: keeps import light
+
+    return client_factory(cfg, cid, rng)
+
+
+def _secagg_server(cfg: "RunConfig", rng: "SecureRNG") -> ServerProtection:
+    from securefl.crypto.secagg.protection import server_factory
+
+    return server_factory(cfg, rng)
+
+
 PROTECTIONS: dict[str, ProtectionSpec] = {
     "none": ProtectionSpec(client=lambda cfg, cid, rng: Plaintext(), server=lambda cfg, rng: Plaintext()),
+    "secagg": ProtectionSpec(client=_secagg_client, server=_secagg_server),
 }

@@ -42,6 +42,18 @@ class Kind(enum.IntEnum):
     GLOBAL_MODEL = 1
     CLIENT_UPDATE = 2
     REFUSAL = 3
+    # secure aggregation (securefl.crypto.secagg), 20-39
+    SECAGG_IDENTITY_REQUEST = 20
+    SECAGG_IDENTITY = 21
+    SECAGG_ADVERTISE_REQUEST = 22
+    SECAGG_KEYS = 23
+    SECAGG_SHARE_REQUEST = 24
+    SECAGG_SHARES = 25
+    SECAGG_MASKED_INPUT = 26
+    SECAGG_CONSISTENCY_REQUEST = 27
+    SECAGG_SIGNATURE = 28
+    SECAGG_UNMASK_REQUEST = 29
+    SECAGG_UNMASK = 30
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,143 @@
+"""What the client and server halves of secure aggregation agree on: the settings,
+the per-round public parameters, and the exact bytes that get signed or keyed."""
+
+from __future__ import annotations
+
+import base64
+import binascii
+import json
+import struct
+from dataclasses import dataclass
+from typing import Any, Iterable
+
+from securefl.crypto.quantize import FixedPoint
+from securefl.crypto.secagg.graph import share_threshold
+from securefl.exceptions import ConfigTypeError, ConfigValueError, ProtocolError
+
+
+@dataclass(frozen=True)
+class SecAggSettings:
+    """Settings both halves hold (from ``secagg_*`` config fields).
+
+    Args:
+        clip: bound on each coordinate of an unweighted update Delta_k; the client
+            clips ``n_k * Delta_k`` to ``+-n_k * clip`` and reports how many it clipped.
+        max_weight: bound on a client's weight n_k (its sample count).
+        bits: ring Z_(2^bits), 32 or 64.
+        threshold: fraction of a secret's share holders needed to reconstruct it.
+        neighbors: 0 for the complete graph (Bonawitz et al.); an even k for SecAgg+.
+        malicious: Ed25519-signed keys and a consistency check against a malicious server.
+    """
+
+    clip: float = 1.0
+    max_weight: float = 4096.0
+    bits: int = 32
+    threshold: float = 0.6
+    neighbors: int = 0
+    malicious: bool = False
+
+    def __post_init__(self) -> None:
+        for name in ("clip", "max_weight", "threshold"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ConfigTypeError(f"secagg_{name}", v, "must be a number")
+        if not 0 < self.clip < float("inf"):
+            raise ConfigValueError("secagg_clip", self.clip, "must be positive and finite")
+        if not 1 <= self.max_weight < float("inf"):
+            raise ConfigValueError("secagg_max_weight", self.max_weight, "must be >= 1 and finite")
+        if isinstance(self.bits, bool) or not isinstance(self.bits, int):
+            raise ConfigTypeError("secagg_bits", self.bits, "must be an integer")
+        if self.bits not in (32, 64):
+            raise ConfigValueError("secagg_bits", self.bits, "must be 32 or 64")
+        if not 0.5 < self.threshold <= 1:
+            raise ConfigValueError("secagg_threshold", self.threshold, "must be in (0.5, 1]")
+        if isinstance(self.neighbors, bool) or not isinstance(self.neighbors, int):
+            raise ConfigTypeError("secagg_neighbors", self.neighbors, "must be an integer")
+        if self.neighbors < 0 or (self.neighbors and (self.neighbors < 2 or self.neighbors % 2)):
+            raise ConfigValueError("secagg_neighbors", self.neighbors, "must be 0 (complete graph) or an even number >= 2")
+        if not isinstance(self.malicious, bool):
+            raise ConfigTypeError("secagg_malicious", self.malicious, "must be true or false")
+        if self.malicious and self.threshold <= 2 / 3:
+            raise ConfigValueError(
+                "secagg_threshold", self.threshold, "the malicious-server option needs a threshold above 2/3"
+            )
+
+    @property
+    def bound(self) -> float:
+        """Largest magnitude of any encoded coordinate (weighted update or weight)."""
+        return self.max_weight * max(self.clip, 1.0)
+
+    def codec(self, clients: int) -> FixedPoint:
+        return FixedPoint.for_sum(clients=clients, bound=self.bound, bits=self.bits)
+
+    def degree(self, clients: int) -> int:
+        """Neighbours of each client in a round of ``clients``."""
+        if self.neighbors == 0 or self.neighbors >= clients - 1:
+            return clients - 1
+        return self.neighbors
+
+    def threshold_for(self, clients: int) -> int:
+        """Shares needed per secret: each is held by the client and its neighbours."""
+        return share_threshold(self.degree(clients) + 1, self.threshold)
+
+
+# ------------------------------------------------------------------ encodings
+def b64(data: bytes) -> str:
+    return base64.b64encode(data).decode()
+
+
+def unb64(text: Any, what: str) -> bytes:
+    if not isinstance(text, str):
+        raise ProtocolError(f"{what}: expected base64 text")
+    try:
+        return base64.b64decode(text.encode(), validate=True)
+    except (binascii.Error, ValueError):
+        raise ProtocolError(f"{what}: not valid base64") from None
+
+
+def id_list(value: Any, what: str) -> list[str]:
+    if not isinstance(value, list) or not all(isinstance(v, str) for v in value):
+        raise ProtocolError(f"{what}: expected a list of client ids")
+    if len(set(value)) != len(value):
+        raise ProtocolError(f"{what}: duplicate client ids")
+    return list(value)
+
+
+def field(header: dict[str, Any], name: str, kind: type) -> Any:
+    v = header.get(name)
+    if not isinstance(v, kind) or isinstance(v, bool) and kind is not bool:
+        raise ProtocolError(f"message field {name!r} missing or of the wrong type")
+    return v
+
+
+def round_bytes(round_: int) -> bytes:
+    return struct.pack("<Q", round_)
+
+
+def advert_transcript(round_: int, client: str, c_pk: bytes, s_pk: bytes) -> bytes:
+    """The bytes a client signs when it advertises its round keys."""
+    cid = client.encode()
+    return b"securefl-secagg-advertise-v1" + round_bytes(round_) + struct.pack("<I", len(cid)) + cid + c_pk + s_pk
+
+
+def survivors_transcript(round_: int, survivors: Iterable[str]) -> bytes:
+    """The bytes a client signs in the consistency check: the round and the set of
+    clients whose masked input the server claims to have."""
+    body = json.dumps(sorted(survivors), separators=(",", ":")).encode()
+    return b"securefl-secagg-consistency-v1" + round_bytes(round_) + body
+
+
+def pair_info(round_: int) -> bytes:
+    return b"pair" + round_bytes(round_)
+
+
+def channel_info(round_: int) -> bytes:
+    return b"channel" + round_bytes(round_)
+
+
+def self_mask_info(round_: int, client: str) -> bytes:
+    return b"self" + round_bytes(round_) + client.encode()
+
+
+def pair_mask_info(round_: int) -> bytes:
+    return b"pairmask" + round_bytes(round_)

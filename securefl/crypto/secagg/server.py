@@ -1,0 +1,290 @@
+"""The server state machine of secure aggregation (Bonawitz et al., CCS 2017; SecAgg+,
+Bell et al., CCS 2020): one round, one method per stage. Each ``*_request`` method
+builds the message for one client; each ``collect_*`` method takes the replies
+(``None`` for a client that dropped) and moves to the next stage.
+
+The server learns the public keys, the share *ciphertexts* it routes, the masked
+inputs (uniform in Z_(2^bits) to it), and at the end enough shares to remove the
+masks of the survivors' sum: self-mask seeds of survivors and mask keys of clients
+that dropped after sharing. If a secret it needs has fewer than ``t`` live holders
+it raises :class:`~securefl.exceptions.SecAggAbortError` and the round is void.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any, Mapping
+
+import numpy as np
+
+from securefl.crypto import primitives as P
+from securefl.crypto import shamir
+from securefl.crypto.secagg.common import (
+    SecAggSettings,
+    advert_transcript,
+    b64,
+    field,
+    pair_info,
+    pair_mask_info,
+    self_mask_info,
+    survivors_transcript,
+    unb64,
+)
+from securefl.crypto.secagg.graph import build_graph
+from securefl.exceptions import ProtocolError, SecAggAbortError, WireFormatError
+from securefl.transport import wire
+
+
+@dataclass(frozen=True)
+class SecAggResult:
+    """What the server learns: the sum of the survivors' encoded vectors, decoded."""
+
+    total: np.ndarray  #: sum of n_k * Delta_k over survivors (float64)
+    aux: dict[str, float]  #: sums of the auxiliary counters
+    saturated: int  #: coordinates clipped by the survivors, summed
+    survivors: list[str]  #: clients whose input is in the sum
+    ring_sum: np.ndarray  #: the unmasked sum in Z_(2^bits) (before decoding)
+
+
+class SecAggServer:
+    """One round of the protocol on the server."""
+
+    def __init__(
+        self,
+        round_: int,
+        roster: list[str],
+        *,
+        settings: SecAggSettings,
+        rng,
+        directory: Mapping[str, bytes] | None = None,
+    ) -> None:
+        if len(set(roster)) != len(roster):
+            raise ProtocolError("roster has duplicate client ids")
+        self.round = round_
+        self.roster = sorted(roster)
+        self.settings = settings
+        n = len(self.roster)
+        self.threshold = settings.threshold_for(n) if n >= 2 else 2
+        if n < 2 or n < self.threshold:
+            raise SecAggAbortError(len(roster), self.threshold, "advertise")
+        self.codec = settings.codec(n)
+        self.graph = build_graph(self.roster, settings.degree(n) if settings.neighbors else 0, rng)
+        self.directory = dict(directory or {})
+        if settings.malicious and set(self.roster) - set(self.directory):
+            raise ProtocolError("malicious-server option: some clients have no registered identity key")
+        self.keys: dict[str, dict[str, str]] = {}  # u1: advertised keys (base64 wire form)
+        self.u2: list[str] = []
+        self.routed: dict[str, dict[str, str]] = {}  # recipient -> sender -> ciphertext
+        self.u3: dict[str, np.ndarray] = {}  # masked inputs
+        self.aux_keys: list[str] | None = None
+        self.dim: int | None = None
+        self.headers: list[dict[str, Any]] = []
+        self.signatures: dict[str, str] = {}
+        self.unmaskers: list[str] = []
+        self.stage_bytes: dict[str, int] = {}
+
+    def _x(self, v: str) -> int:
+        return self.roster.index(v) + 1
+
+    def _abort_if_short(self, alive: list[str], stage: str) -> None:
+        if len(alive) < self.threshold:
+            raise SecAggAbortError(len(alive), self.threshold, stage)
+
+    def _prune(self, alive: set[str]) -> set[str]:
+        """Drop clients whose live neighbourhood (plus themselves) is below the threshold."""
+        changed = True
+        while changed:
+            changed = False
+            for u in sorted(alive):
+                if len(set(self.graph[u]) & alive) + 1 < self.threshold:
+                    alive.discard(u)
+                    changed = True
+        return alive
+
+    def _decode(self, raw: bytes | None, kind: wire.Kind, u: str) -> wire.Message | None:
+        if raw is None:
+            return None
+        msg = wire.decode(raw, expect=kind)
+        if msg.header.get("round") != self.round or msg.header.get("client") != u:
+            raise ProtocolError(f"{kind.name} from {u} names another round or client")
+        self.stage_bytes[kind.name] = self.stage_bytes.get(kind.name, 0) + len(raw)
+        return msg
+
+    # ------------------------------------------------------------ stage 1
+    def advertise_request(self, u: str) -> bytes:
+        h: dict[str, Any] = {
+            "round": self.round,
+            "roster": self.roster,
+            "neighbors": self.graph[u],
+            "threshold": self.threshold,
+            "frac_bits": self.codec.frac_bits,
+        }
+        if self.settings.malicious:
+            h["directory"] = {v: b64(self.directory[v]) for v in [u, *self.graph[u]]}
+        return wire.encode(wire.Kind.SECAGG_ADVERTISE_REQUEST, h)
+
+    def collect_keys(self, replies: Mapping[str, bytes | None]) -> list[str]:
+        for u, raw in replies.items():
+            msg = self._decode(raw, wire.Kind.SECAGG_KEYS, u)
+            if msg is None:
+                continue
+            c_pk, s_pk = unb64(msg.header.get("c_pk"), "c_pk"), unb64(msg.header.get("s_pk"), "s_pk")
+            entry = {"c_pk": b64(c_pk), "s_pk": b64(s_pk)}
+            if self.settings.malicious:
+                sig = unb64(msg.header.get("sig"), "sig")
+                if not P.verify(self.directory[u], sig, advert_transcript(self.round, u, c_pk, s_pk)):
+                    raise ProtocolError(f"advertised keys of {u} carry no valid signature")
+                entry["sig"] = b64(sig)
+            self.keys[u] = entry
+        alive = self._prune(set(self.keys))
+        self.keys = {u: self.keys[u] for u in sorted(alive)}
+        self._abort_if_short(sorted(alive), "advertise")
+        return sorted(alive)
+
+    # ------------------------------------------------------------ stage 2
+    def share_request(self, u: str) -> bytes:
+        keys = {v: self.keys[v] for v in self.graph[u] if v in self.keys}
+        return wire.encode(wire.Kind.SECAGG_SHARE_REQUEST, {"round": self.round, "keys": keys})
+
+    def collect_shares(self, replies: Mapping[str, bytes | None]) -> list[str]:
+        got: dict[str, dict[str, str]] = {}
+        for u, raw in replies.items():
+            msg = self._decode(raw, wire.Kind.SECAGG_SHARES, u)
+            if msg is None:
+                continue
+            shares = msg.header.get("shares")
+            expected = {v for v in self.graph[u] if v in self.keys}
+            if not isinstance(shares, dict) or set(shares) != expected:
+                raise ProtocolError(f"{u} must send one share ciphertext to each advertised neighbour")
+            got[u] = shares
+        alive = self._prune(set(got))
+        self._abort_if_short(sorted(alive), "share keys")
+        self.u2 = sorted(alive)
+        for u in self.u2:
+            for v, ct in got[u].items():
+                self.routed.setdefault(v, {})[u] = ct
+        return self.u2
+
+    # ------------------------------------------------------------ stage 3
+    def masking_message(self, u: str, global_message: bytes) -> bytes:
+        """The GLOBAL_MODEL message for ``u`` with this round's masking parameters."""
+        msg = wire.decode(global_message, expect=wire.Kind.GLOBAL_MODEL)
+        maskers = [v for v in self.graph[u] if v in self.u2]
+        info = {
+            "round": self.round,
+            "maskers": maskers,
+            "ciphertexts": {v: self.routed[u][v] for v in maskers},
+        }
+        return wire.encode(wire.Kind.GLOBAL_MODEL, {**msg.header, "secagg": info}, msg.payload)
+
+    def collect_masked(self, replies: Mapping[str, bytes | None], dim: int) -> list[str]:
+        dtype = np.dtype(self.codec.dtype).newbyteorder("<")
+        for u, raw in replies.items():
+            msg = self._decode(raw, wire.Kind.SECAGG_MASKED_INPUT, u)
+            if msg is None:
+                continue
+            keys = msg.header.get("aux")
+            if field(msg.header, "dim", int) != dim or msg.header.get("bits") != self.codec.bits:
+                raise WireFormatError(f"masked input of {u} has the wrong dimension or ring")
+            if self.aux_keys is None:
+                self.aux_keys = keys
+            if keys != self.aux_keys or not isinstance(keys, list):
+                raise ProtocolError(f"masked input of {u} carries other auxiliary counters ({keys})")
+            length = dim + len(keys) + 1
+            if len(msg.payload) != length * dtype.itemsize:
+                raise WireFormatError(f"masked input of {u} has {len(msg.payload)} bytes, expected {length * dtype.itemsize}")
+            self.u3[u] = np.frombuffer(msg.payload, dtype=dtype)
+            self.headers.append({k: msg.header[k] for k in ("client", "epsilon", "steps") if k in msg.header})
+        self.dim = dim
+        alive = sorted(self.u3)
+        self._abort_if_short(alive, "masked input")
+        for u in alive:  # every survivor's self-mask seed must be recoverable from live holders
+            if len(set(self.graph[u]) & set(alive)) + 1 < self.threshold:
+                raise SecAggAbortError(len(set(self.graph[u]) & set(alive)) + 1, self.threshold, "masked input")
+        return alive
+
+    # ------------------------------------------------------------ stage 4 (malicious option)
+    def consistency_request(self, u: str) -> bytes:
+        return wire.encode(wire.Kind.SECAGG_CONSISTENCY_REQUEST, {"round": self.round, "survivors": sorted(self.u3)})
+
+    def collect_signatures(self, replies: Mapping[str, bytes | None]) -> list[str]:
+        transcript = survivors_transcript(self.round, sorted(self.u3))
+        for u, raw in replies.items():
+            msg = self._decode(raw, wire.Kind.SECAGG_SIGNATURE, u)
+            if msg is None:
+                continue
+            sig = unb64(msg.header.get("sig"), "sig")
+            if not P.verify(self.directory[u], sig, transcript):
+                raise ProtocolError(f"consistency signature of {u} is invalid")
+            self.signatures[u] = b64(sig)
+        alive = sorted(self.signatures)
+        self._abort_if_short(alive, "consistency check")
+        return alive
+
+    # ------------------------------------------------------------ stage 5
+    def unmask_request(self, u: str) -> bytes:
+        maskers = [v for v in self.graph[u] if v in self.u2]
+        h: dict[str, Any] = {
+            "round": self.round,
+            "survivors": sorted([v for v in maskers if v in self.u3] + [u]),
+            "dropped": [v for v in maskers if v not in self.u3],
+        }
+        if self.settings.malicious:
+            h["signatures"] = self.signatures
+        return wire.encode(wire.Kind.SECAGG_UNMASK_REQUEST, h)
+
+    def collect_unmask(self, replies: Mapping[str, bytes | None]) -> SecAggResult:
+        b_shares: dict[str, list[shamir.Share]] = {}
+        sk_shares: dict[str, list[shamir.Share]] = {}
+        for u, raw in replies.items():
+            msg = self._decode(raw, wire.Kind.SECAGG_UNMASK, u)
+            if msg is None:
+                continue
+            self.unmaskers.append(u)
+            for name, store, allowed in (
+                ("b", b_shares, set(self.u3)),
+                ("sk", sk_shares, set(self.u2) - set(self.u3)),
+            ):
+                part = msg.header.get(name)
+                if not isinstance(part, dict) or not set(part) <= allowed:
+                    raise ProtocolError(f"unmasking reply of {u} reveals shares it was not asked for")
+                for v, text in part.items():
+                    share = shamir.Share.from_bytes(unb64(text, "share"))
+                    if share.x != self._x(u):
+                        raise ProtocolError(f"{u} returned a share held at another point")
+                    store.setdefault(v, []).append(share)
+        return self._unmask(b_shares, sk_shares)
+
+    def _unmask(self, b_shares: dict[str, list[shamir.Share]], sk_shares: dict[str, list[shamir.Share]]) -> SecAggResult:
+        assert self.dim is not None and self.aux_keys is not None
+        codec, t = self.codec, self.threshold
+        survivors = sorted(self.u3)
+        dropped = [v for v in self.u2 if v not in self.u3 and any(u in self.u3 for u in self.graph[v])]
+        for v in survivors:
+            if len(b_shares.get(v, [])) < t:
+                raise SecAggAbortError(len(b_shares.get(v, [])), t, "unmask")
+        for v in dropped:
+            if len(sk_shares.get(v, [])) < t:
+                raise SecAggAbortError(len(sk_shares.get(v, [])), t, "unmask")
+        length = self.dim + len(self.aux_keys) + 1
+        total = np.zeros(length, dtype=codec.dtype)
+        for v in survivors:
+            total += self.u3[v]
+        for v in survivors:
+            seed = shamir.combine_bytes(b_shares[v], t)
+            total -= P.mask(seed, length, codec.bits, self_mask_info(self.round, v))
+        for v in dropped:
+            sk = shamir.combine_bytes(sk_shares[v], t)
+            if len(sk) != 32 or P.x25519_public(sk) != unb64(self.keys[v]["s_pk"], "s_pk"):
+                raise ProtocolError(f"reconstructed mask key of {v} does not match its advertised key")
+            for u in self.graph[v]:
+                if u not in self.u3:
+                    continue
+                seed = P.agree(sk, unb64(self.keys[u]["s_pk"], "s_pk"), pair_info(self.round))
+                m = P.mask(seed, length, codec.bits, pair_mask_info(self.round))
+                # u added +m if u < v, else -m; take it back out
+                total = total - m if u < v else total + m
+        values = codec.decode(total[: self.dim + len(self.aux_keys)])
+        saturated = int(codec.signed(total[-1:])[0])
+        aux = {k: float(values[self.dim + i]) for i, k in enumerate(self.aux_keys)}
+        return SecAggResult(values[: self.dim], aux, saturated, survivors, total)

@@ -1,0 +1,138 @@
+"""Shamir t-of-n secret sharing over the prime field GF(2^521 - 1) (Shamir, CACM 1979).
+
+A secret (an integer below the prime, or up to 65 bytes) is the constant term of
+a random polynomial of degree ``t - 1``; share ``i`` is the polynomial evaluated at
+a non-zero point ``x_i``. Any ``t`` shares determine the secret by Lagrange
+interpolation at 0; any ``t - 1`` shares are consistent with every possible secret,
+so they reveal nothing about it (perfect secrecy).
+
+The coefficients are drawn uniformly from the field with :class:`SecureRNG` (or
+``os.urandom`` when no generator is given), by rejection sampling so there is no
+modulo bias. Secure aggregation shares 32-byte seeds and X25519 private keys with
+it (Bonawitz et al., CCS 2017).
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Iterable, Sequence
+
+from securefl.exceptions import ConfigValueError, ProtocolError
+
+#: the Mersenne prime 2^521 - 1: large enough for any 32-byte secret, and cheap to reduce
+PRIME = (1 << 521) - 1
+#: bytes of one field element
+ELEMENT_BYTES = 66
+
+
+@dataclass(frozen=True)
+class Share:
+    """One share: the point ``x`` (1-based holder index) and the value ``y``."""
+
+    x: int
+    y: int
+
+    def to_bytes(self) -> bytes:
+        return self.x.to_bytes(4, "big") + self.y.to_bytes(ELEMENT_BYTES, "big")
+
+    @classmethod
+    def from_bytes(cls, data: bytes) -> "Share":
+        if len(data) != 4 + ELEMENT_BYTES:
+            raise ProtocolError(f"a share has {4 + ELEMENT_BYTES} bytes, got {len(data)}")
+        x, y = int.from_bytes(data[:4], "big"), int.from_bytes(data[4:], "big")
+        if not 0 < x < PRIME or not 0 <= y < PRIME:
+            raise ProtocolError(f"share point out of the field (x={x})")
+        return cls(x, y)
+
+
+def _random_element(rng) -> int:
+    """A uniform field element (rejection sampling on 521-bit draws)."""
+    while True:
+        raw = rng.bytes(ELEMENT_BYTES) if rng is not None else os.urandom(ELEMENT_BYTES)
+        v = int.from_bytes(raw, "big") & PRIME  # keep the low 521 bits
+        if v < PRIME:
+            return v
+
+
+def secret_to_int(secret: bytes) -> int:
+    """Encode up to 65 bytes as a field element (length-preserving via a 0x01 prefix)."""
+    if len(secret) > ELEMENT_BYTES - 1:
+        raise ConfigValueError("secret", len(secret), f"at most {ELEMENT_BYTES - 1} bytes can be shared")
+    return int.from_bytes(b"\x01" + secret, "big")
+
+
+def int_to_secret(value: int) -> bytes:
+    """Inverse of :func:`secret_to_int`."""
+    raw = value.to_bytes((value.bit_length() + 7) // 8, "big")
+    if not raw or raw[0] != 1:
+        raise ProtocolError("reconstructed value is not an encoded secret (inconsistent shares)")
+    return raw[1:]
+
+
+def split(secret: int | bytes, xs: Sequence[int], threshold: int, rng=None) -> list[Share]:
+    """Shares of ``secret`` at the points ``xs`` such that any ``threshold`` recover it.
+
+    ``rng`` is a :class:`~securefl.privacy.noise.SecureRNG` (anything with
+    ``bytes(n)``); ``None`` uses ``os.urandom``.
+    """
+    s = secret_to_int(secret) if isinstance(secret, (bytes, bytearray)) else secret
+    if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < PRIME:
+        raise ConfigValueError("secret", type(secret).__name__, "must be bytes or an integer in [0, 2^521 - 1)")
+    _check_points(xs)
+    if isinstance(threshold, bool) or not isinstance(threshold, int) or not 1 <= threshold <= len(xs):
+        raise ConfigValueError("threshold", threshold, f"must be an integer in [1, {len(xs)}] (number of shares)")
+    coeffs = [s] + [_random_element(rng) for _ in range(threshold - 1)]
+    shares = []
+    for x in xs:
+        y = 0
+        for c in reversed(coeffs):  # Horner
+            y = (y * x + c) % PRIME
+        shares.append(Share(x, y))
+    return shares
+
+
+def _check_points(xs: Iterable[int]) -> None:
+    seen = set()
+    for x in xs:
+        if isinstance(x, bool) or not isinstance(x, int) or not 0 < x < PRIME:
+            raise ConfigValueError("x", x, "share points must be integers in [1, p)")
+        if x in seen:
+            raise ConfigValueError("x", x, "share points must be distinct")
+        seen.add(x)
+
+
+def _interpolate_at(shares: Sequence[Share], at: int) -> int:
+    total = 0
+    for i, si in enumerate(shares):
+        num, den = 1, 1
+        for j, sj in enumerate(shares):
+            if i != j:
+                num = num * (at - sj.x) % PRIME
+                den = den * (si.x - sj.x) % PRIME
+        total = (total + si.y * num * pow(den, -1, PRIME)) % PRIME
+    return total
+
+
+def combine(shares: Sequence[Share], threshold: int) -> int:
+    """The secret (as a field element) from at least ``threshold`` shares.
+
+    Extra shares are checked against the polynomial fixed by the first
+    ``threshold``; a share that does not lie on it raises :class:`ProtocolError`
+    rather than yielding a wrong secret.
+    """
+    if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
+        raise ConfigValueError("threshold", threshold, "must be a positive integer")
+    if len(shares) < threshold:
+        raise ProtocolError(f"{len(shares)} shares cannot reconstruct a {threshold}-of-n secret")
+    _check_points(s.x for s in shares)
+    base = list(shares[:threshold])
+    for extra in shares[threshold:]:
+        if _interpolate_at(base, extra.x) != extra.y:
+            raise ProtocolError(f"share at x={extra.x} is inconsistent with the others")
+    return _interpolate_at(base, 0)
+
+
+def combine_bytes(shares: Sequence[Share], threshold: int) -> bytes:
+    """:func:`combine` for a secret that was shared as bytes."""
+    return int_to_secret(combine(shares, threshold))
