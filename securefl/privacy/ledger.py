@@ -159,9 +159,19 @@ class PrivacyLedger:
             raise LedgerError(f"{path}: not a securefl ledger")
         if data.get("version") != VERSION:
             raise LedgerError(f"{path}: unsupported ledger version {data.get('version')!r}")
-        ledger = cls(None, delta=data["delta"], budget=data.get("budget"), accountant=data.get("accountant", "prv"))
+        delta, budget, accountant = data.get("delta"), data.get("budget"), data.get("accountant", "prv")
+        if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1:
+            raise LedgerError(f"{path}: ledger delta must be a number in (0, 1), got {delta!r}")
+        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))):
+            raise LedgerError(f"{path}: ledger budget must be a number or null, got {budget!r}")
+        if accountant not in ("prv", "rdp"):
+            raise LedgerError(f"{path}: ledger accountant must be prv or rdp, got {accountant!r}")
+        entries = data.get("entries", [])
+        if not isinstance(entries, list):
+            raise LedgerError(f"{path}: ledger entries must be a list, got {type(entries).__name__}")
+        ledger = cls(None, delta=delta, budget=budget, accountant=accountant)
         ledger.path = path
-        ledger.entries = list(data.get("entries", []))
+        ledger.entries = list(entries)
         ledger.verify()
         return ledger
 

@@ -340,20 +340,17 @@ def test_missing_file_raises_ledger_error(tmp_path):
         PrivacyLedger.load(tmp_path / "absent.json")
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=(KeyError, TypeError, ValueError),
-    reason="BUG ledger.py PrivacyLedger.load: malformed headers leak KeyError/TypeError/ValueError "
-    "instead of LedgerError",
-)
 @pytest.mark.parametrize(
     "content",
     [
         b'{"format": "securefl-ledger", "version": 1, "entries": []}',
         b'{"format": "securefl-ledger", "version": 1, "delta": 1e-5, "entries": 5}',
         b'{"format": "securefl-ledger", "version": 1, "delta": "abc", "entries": []}',
+        b'{"format": "securefl-ledger", "version": 1, "delta": 2.0, "entries": []}',
+        b'{"format": "securefl-ledger", "version": 1, "delta": 1e-5, "budget": "x", "entries": []}',
+        b'{"format": "securefl-ledger", "version": 1, "delta": 1e-5, "accountant": "gdp", "entries": []}',
     ],
-    ids=["no-delta", "entries-not-list", "delta-not-number"],
+    ids=["no-delta", "entries-not-list", "delta-not-number", "delta-out-of-range", "budget-not-number", "bad-accountant"],
 )
 def test_malformed_header_raises_ledger_error(tmp_path, content):
     path = tmp_path / "ledger.json"
