@@ -163,6 +163,16 @@ class ServerConfig:
     server_momentum: float = 0.9
     aggregator: str = "mean"
     dropout: float = 0.0
+    #: robust aggregation (securefl.aggregation.robust): assumed Byzantine clients f,
+    #: trimmed-mean fraction, Multi-Krum's m (None: n - f), the clipping radius of
+    #: norm bounding / centered clipping (None: the round's median norm), centered
+    #: clipping's iterations, and the size of FLTrust's server root dataset
+    byzantine: int = 0
+    trim_fraction: float = 0.2
+    krum_m: int | None = None
+    clip_radius: float | None = None
+    cc_iterations: int = 3
+    root_size: int = 100
 
     def __post_init__(self) -> None:
         from securefl.aggregation import AGGREGATORS
@@ -177,6 +187,14 @@ class ServerConfig:
         _float("server_momentum", self.server_momentum, 0.0, 1.0, hi_open=True)
         _choice("aggregator", self.aggregator, sorted(AGGREGATORS))
         _float("dropout", self.dropout, 0.0, 1.0, hi_open=True)
+        _int("byzantine", self.byzantine, 0)
+        _float("trim_fraction", self.trim_fraction, 0.0, 0.5, hi_open=True)
+        if self.krum_m is not None:
+            _int("krum_m", self.krum_m, 1)
+        if self.clip_radius is not None:
+            _float("clip_radius", self.clip_radius, 0.0, lo_open=True)
+        _int("cc_iterations", self.cc_iterations, 1, 1000)
+        _int("root_size", self.root_size, 1)
 
 
 @dataclass(frozen=True)
@@ -185,6 +203,31 @@ class ProtectConfig:
     own section. Field names stay unique across all sub-configs (flat routing)."""
 
     # --- ckks (securefl.crypto.ckks)
+    ckks_preset: str = "small-model"  #: ring preset named by use (securefl.crypto.hazmat.ckks.PRESETS)
+    ckks_encryption: str = "symmetric"  #: "symmetric" (key holders encrypt with the secret key) or "public-key"
+    ckks_max_clients: int | None = None  #: most ciphertexts summed in a round; None = the federation size
+    ckks_max_error: float = 1e-3  #: bound on the released error of one summed slot (values in [-1, 1])
+    ckks_clip: float = 4.0  #: L2 bound on an (unweighted) update; larger ones are clipped and counted
+    ckks_max_weight: float | None = None  #: bound on n_k; None = 1000 (1 under dp='client')
+
+    def _check_ckks(self) -> None:
+        from securefl.crypto.hazmat.ckks import ENCRYPTIONS, PRESETS, derive_params
+
+        _choice("ckks_preset", self.ckks_preset, list(PRESETS))
+        _choice("ckks_encryption", self.ckks_encryption, ENCRYPTIONS)
+        if self.ckks_max_clients is not None:
+            _int("ckks_max_clients", self.ckks_max_clients, 1, 100_000)
+        _float("ckks_max_error", self.ckks_max_error, 0.0, 1.0, lo_open=True)
+        _float("ckks_clip", self.ckks_clip, 0.0, lo_open=True)
+        if self.ckks_max_weight is not None:
+            _float("ckks_max_weight", self.ckks_max_weight, 0.0, lo_open=True)
+        if self.ckks_max_clients is not None:
+            derive_params(
+                self.ckks_preset,
+                max_summands=self.ckks_max_clients,
+                max_error=self.ckks_max_error,
+                encryption=self.ckks_encryption,
+            )
 
     # --- secagg (securefl.crypto.secagg)
     secagg_clip: float = 1.0  #: bound on each coordinate of an (unweighted) update
@@ -207,6 +250,7 @@ class ProtectConfig:
         )
 
     def __post_init__(self) -> None:
+        self._check_ckks()
         self._check_secagg()
         pass
 
@@ -248,6 +292,10 @@ class RunConfig:
         for name, cls in _SUBCONFIGS.items():
             if not isinstance(getattr(self, name), cls):
                 raise ConfigTypeError(name, getattr(self, name), f"must be a {cls.__name__}")
+        if self.protect == "ckks":
+            from securefl.crypto.ckks import ckks_params
+
+            ckks_params(self)  # the CKKS parameters for this federation fit 128-bit security
         if (
             self.dp.dp == "client"
             and self.server.sampling == "fixed"
@@ -259,6 +307,25 @@ class RunConfig:
                 "client-level DP accounting assumes Poisson client sampling; "
                 "use --sampling poisson or --fraction 1",
             )
+        if self.dp.dp == "client" and self.server.aggregator != "mean":
+            raise ConfigValueError(
+                "aggregator",
+                self.server.aggregator,
+                "DP-FedAvg calibrates its noise to the sum of clipped updates; use aggregator 'mean' with dp='client'",
+            )
+        from securefl.aggregation.robust import BYZANTINE_BOUNDS, min_clients
+
+        expected = max(1, round(self.server.fraction * self.clients))
+        agg, f = self.server.aggregator, self.server.byzantine
+        if agg in BYZANTINE_BOUNDS and self.server.sampling == "fixed" and expected < min_clients(agg, f):
+            raise ConfigValueError(
+                "byzantine",
+                f,
+                f"aggregator {agg!r} needs {BYZANTINE_BOUNDS[agg][0]}, but a round has n={expected} clients "
+                f"(need n >= {min_clients(agg, f)})",
+            )
+        if agg == "multikrum" and self.server.krum_m is not None and self.server.krum_m > expected:
+            raise ConfigValueError("krum_m", self.server.krum_m, f"must be <= the {expected} clients of a round")
 
     # ------------------------------------------------------------------ flat I/O
     @classmethod

@@ -10,18 +10,18 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from securefl.aggregation import AGGREGATORS, SUM_COMPATIBLE
+from securefl.aggregation import SUM_COMPATIBLE, make_aggregator
 from securefl.config import DPConfig, ServerConfig
 from securefl.exceptions import AggregationError, ConfigValueError, ProtocolError, WireFormatError
 from securefl.models import get_flat, set_flat
 from securefl.privacy import accounting
-from securefl.privacy.client_dp import AdaptiveClipper, noisy_average, update_noise_multiplier
+from securefl.privacy.client_dp import AdaptiveClipper, clip_update, noisy_average, update_noise_multiplier
 from securefl.privacy.ledger import PrivacyLedger
 from securefl.privacy.noise import SecureRNG
 from securefl.protect import ClientLike, Exchange, Plaintext, ServerProtection
@@ -67,6 +67,8 @@ class SecureServer:
         eval_data: ``(x, y)`` held-out data for per-round evaluation.
         task: ``"classification"`` or ``"regression"``.
         rng: secure randomness for client sampling and central noise.
+        reference: ``(weights, round) -> update`` on the server's own root dataset, for
+            aggregators that need one (FLTrust; see :mod:`securefl.aggregation.root`).
     """
 
     def __init__(
@@ -81,6 +83,7 @@ class SecureServer:
         eval_data: tuple[torch.Tensor, torch.Tensor] | None = None,
         task: str = "classification",
         rng: SecureRNG | None = None,
+        reference: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
     ) -> None:
         self.model = model
         self.config = config
@@ -103,7 +106,13 @@ class SecureServer:
                 f"needs individual updates, which protect={self.protection.name!r} hides from the server; "
                 "under a protection use aggregator 'mean' with client-side norm bounding or DP",
             )
-        self.aggregator = AGGREGATORS[config.aggregator]
+        self.aggregator = make_aggregator(config.aggregator, config)
+        self.reference = reference
+        self.previous_update: torch.Tensor | None = None
+        if "reference" in self.aggregator.needs and reference is None:
+            raise ConfigValueError(
+                "aggregator", config.aggregator, "needs a server root dataset: pass reference=RootReference(...)"
+            )
         # client-level DP (DP-FedAvg)
         self.client_rate = config.fraction
         self.expected_clients = max(1e-12, config.fraction * num_clients)
@@ -190,7 +199,7 @@ class SecureServer:
             agg = self.protection.aggregate(chosen, down, dim, exchange)
             if self.dp.dp == "client":
                 update = noisy_average(
-                    agg.total if agg is not None else torch.zeros(dim),
+                    self._client_dp_total(agg, dim),
                     noise_multiplier=float(self.update_noise_multiplier or 0.0),
                     clip=self.clip,
                     denominator=self.expected_clients,
@@ -203,7 +212,7 @@ class SecureServer:
                 if agg.individual is not None and self.config.aggregator != "mean":
                     stack = torch.stack([u for u, _ in agg.individual])
                     w = torch.tensor([wt for _, wt in agg.individual])
-                    update = self.aggregator(stack, w)
+                    update = self.aggregator(stack, w, **self._aggregation_context(round_))
                 else:
                     update = agg.total / agg.aux["weight"]
                 eps_vals = [h.get("epsilon") for h in agg.headers if h.get("epsilon") is not None]
@@ -213,6 +222,7 @@ class SecureServer:
                 if not torch.isfinite(update).all():
                     raise AggregationError("aggregate is not finite")
                 self.weights = self.optimizer.step(self.weights, update)
+                self.previous_update = update
                 set_flat(self.model, self.weights)
         except (AggregationError, WireFormatError, ProtocolError) as exc:
             # nothing from a round that fails validation reaches the global model
@@ -234,6 +244,29 @@ class SecureServer:
             aborted=aborted,
             protection=dict(agg.stats) if agg is not None else {},
         )
+
+    def _aggregation_context(self, round_: int) -> dict[str, torch.Tensor | None]:
+        """What the round's aggregator needs besides the updates (AGGREGATOR_CONTEXT)."""
+        ctx: dict[str, torch.Tensor | None] = {}
+        if "reference" in self.aggregator.needs:
+            assert self.reference is not None  # checked at construction
+            ctx["reference"] = self.reference(self.weights, round_)
+        if "previous" in self.aggregator.needs:
+            ctx["previous"] = self.previous_update
+        return ctx
+
+    def _client_dp_total(self, agg: Any, dim: int) -> torch.Tensor:
+        """DP-FedAvg's sum of clipped updates. Where the server sees individual
+        updates it enforces the clip itself instead of trusting clients to have
+        clipped (a malicious client would not); the number it had to clip is
+        reported in the round's ``protection`` stats as ``server_clipped``."""
+        if agg is None:
+            return torch.zeros(dim)
+        if agg.individual is None:
+            return agg.total
+        clipped = [clip_update(u * wt, self.clip) for u, wt in agg.individual]
+        agg.stats["server_clipped"] = sum(1 for _, norm in clipped if norm > self.clip * (1 + 1e-6))
+        return torch.stack([c for c, _ in clipped]).sum(0) if clipped else torch.zeros(dim)
 
     # ------------------------------------------------------------ evaluation
     @torch.no_grad()

@@ -17,6 +17,7 @@ from typing import Any, Callable
 import numpy as np
 
 from securefl._io import atomic_write_json
+from securefl.aggregation.root import root_reference
 from securefl.client import SecureClient
 from securefl.config import RunConfig
 from securefl.data import FederatedData, load_dataset, partition, summarize
@@ -105,6 +106,7 @@ class Simulation:
             eval_data=(self.data.x_test, self.data.y_test),
             task=self.data.task,
             rng=rng("server"),
+            reference=root_reference(c, self.data.x_train, self.data.y_train, model_fn, self.data.task),
         )
         self.rounds: list[dict[str, Any]] = []
 

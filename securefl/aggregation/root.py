@@ -1,0 +1,107 @@
+"""The server's root dataset for FLTrust (Cao et al., NDSS 2021).
+
+FLTrust's server holds a small clean dataset (100 examples in the paper) drawn from
+the same distribution as the clients' data, and each round computes its own update
+g0 from the current global model with the clients' local training settings. That
+update is the trust anchor of :func:`securefl.aggregation.robust.fltrust`.
+
+The root data is the server's own: it never comes from a client and is never sent
+anywhere. The server trains on it in plain SGD (no DP), which is private to it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import math
+from typing import Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from securefl.config import ClientConfig, RunConfig
+from securefl.exceptions import ConfigValueError
+from securefl.models import get_flat, set_flat
+
+
+class RootReference:
+    """Computes the server's update g0 on its root data from the global weights.
+
+    Args:
+        x, y: the root dataset.
+        model_fn: builds a model of the federation's architecture.
+        config: local training settings (the clients' ones, as in the paper).
+        algorithm: ``"fedavg"`` (local epochs of minibatch SGD) or ``"fedsgd"`` (one full-batch step).
+        task: ``"classification"`` or ``"regression"``.
+        seed: seeds the minibatch order (not secret).
+    """
+
+    def __init__(
+        self,
+        x: torch.Tensor,
+        y: torch.Tensor,
+        *,
+        model_fn: Callable[[], nn.Module],
+        config: ClientConfig = ClientConfig(),
+        algorithm: str = "fedavg",
+        task: str = "classification",
+        seed: int = 0,
+    ) -> None:
+        if len(x) == 0 or len(x) != len(y):
+            raise ConfigValueError("root_size", len(x), f"root data needs matching, non-empty x and y (y has {len(y)})")
+        self.x, self.y = x, y
+        self.model = model_fn()
+        self.config = config
+        self.algorithm = algorithm
+        self.loss_fn = F.cross_entropy if task == "classification" else F.mse_loss
+        self.seed = seed
+
+    def __call__(self, weights: torch.Tensor, round_: int) -> torch.Tensor:
+        """g0 = w_root - weights after local training from ``weights``."""
+        set_flat(self.model, weights)
+        self.model.train()
+        c = self.config
+        opt = (
+            torch.optim.Adam(self.model.parameters(), lr=c.lr)
+            if c.optimizer == "adam"
+            else torch.optim.SGD(self.model.parameters(), lr=c.lr, momentum=c.momentum)
+        )
+        n = len(self.x)
+        if self.algorithm == "fedsgd":
+            batches = [torch.arange(n)]
+        else:
+            digest = hashlib.sha256(f"{self.seed}:root:{round_}".encode()).digest()
+            gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+            bs = min(c.batch_size, n)
+            batches = []
+            for _ in range(math.ceil(c.local_epochs)):
+                perm = torch.randperm(n, generator=gen)
+                batches.extend(perm[i : i + bs] for i in range(0, n, bs))
+            batches = batches[: max(1, round(c.local_epochs * math.ceil(n / bs)))]
+        for idx in batches:
+            opt.zero_grad()
+            self.loss_fn(self.model(self.x[idx]), self.y[idx]).backward()
+            opt.step()
+        return get_flat(self.model) - weights
+
+
+def root_reference(
+    config: RunConfig, x_train: torch.Tensor, y_train: torch.Tensor, model_fn: Callable[[], nn.Module], task: str
+) -> RootReference | None:
+    """The root-data reference a run's aggregator needs, or None if it needs none.
+
+    The root set is ``config.server.root_size`` examples drawn (seeded) from the
+    training pool, standing in for the clean data a real server would collect."""
+    from securefl.aggregation import AGGREGATOR_CONTEXT
+
+    if "reference" not in AGGREGATOR_CONTEXT.get(config.server.aggregator, frozenset()):
+        return None
+    size = config.server.root_size
+    if size > len(x_train):
+        raise ConfigValueError("root_size", size, f"must be <= the {len(x_train)} training examples")
+    idx = np.sort(np.random.default_rng([config.seed, 7]).permutation(len(x_train))[:size])
+    return RootReference(
+        x_train[idx], y_train[idx], model_fn=model_fn, config=config.client,
+        algorithm=config.server.algorithm, task=task, seed=config.seed,
+    )
