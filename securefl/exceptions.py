@@ -97,3 +97,13 @@ class SecAggAbortError(AggregationError):
             f"secure aggregation aborted at the {stage} stage: {survivors} clients left, "
             f"fewer than the threshold {threshold}"
         )
+
+
+class CKKSParameterError(ConfigValueError):
+    """A CKKS parameter set is insecure (beyond the 128-bit table of the
+    HomomorphicEncryption.org standard) or cannot hold the sum without wrapping."""
+
+
+class CiphertextRejectedError(AggregationError):
+    """A CKKS ciphertext failed its receipt checks (parse, parameters, shape) or its
+    decryption failed the bound and authentication checks; the round is aborted."""

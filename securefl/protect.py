@@ -215,7 +215,20 @@ def _secagg_server(cfg: "RunConfig", rng: "SecureRNG") -> ServerProtection:
     return server_factory(cfg, rng)
 
 
+def _ckks_client(cfg: "RunConfig", cid: str, rng: "SecureRNG") -> ClientProtection:
+    from securefl.crypto.ckks import client_factory  # lazy: TenSEAL loads only when used
+
+    return client_factory(cfg, cid, rng)
+
+
+def _ckks_server(cfg: "RunConfig", rng: "SecureRNG") -> ServerProtection:
+    from securefl.crypto.ckks import server_factory
+
+    return server_factory(cfg, rng)
+
+
 PROTECTIONS: dict[str, ProtectionSpec] = {
     "none": ProtectionSpec(client=lambda cfg, cid, rng: Plaintext(), server=lambda cfg, rng: Plaintext()),
+    "ckks": ProtectionSpec(client=_ckks_client, server=_ckks_server),
     "secagg": ProtectionSpec(client=_secagg_client, server=_secagg_server),
 }

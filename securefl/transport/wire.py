@@ -42,6 +42,16 @@ class Kind(enum.IntEnum):
     GLOBAL_MODEL = 1
     CLIENT_UPDATE = 2
     REFUSAL = 3
+    # CKKS aggregation (securefl.crypto.ckks), 10-19
+    CKKS_HELLO = 10
+    CKKS_ADVERT = 11
+    CKKS_KEYGEN = 12
+    CKKS_KEYGEN_REPLY = 13
+    CKKS_KEY_DELIVERY = 14
+    CKKS_KEY_ACK = 15
+    CKKS_DECRYPT = 16
+    CKKS_AGGREGATE = 17
+    CKKS_REJECT = 18
     # secure aggregation (securefl.crypto.secagg), 20-39
     SECAGG_IDENTITY_REQUEST = 20
     SECAGG_IDENTITY = 21

@@ -1,0 +1,303 @@
+"""CKKS-encrypted aggregation: the server sums what it cannot read."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+import torch
+
+from securefl.config import RunConfig, ServerConfig
+from securefl.crypto import ckks
+from securefl.crypto.hazmat import ckks as hz
+from securefl.exceptions import CKKSParameterError, CiphertextRejectedError, ClientDropout, ConfigValueError
+from securefl.protect import PROTECTIONS, Exchange
+from securefl.server import SecureServer
+from securefl.transport import wire
+
+
+# ------------------------------------------------------------------ helpers
+class FakeClient:
+    """A key holder that 'trains' by returning a fixed update (no model)."""
+
+    def __init__(self, cid: str, settings: ckks.CKKSSettings, update: np.ndarray, weight: float = 1.0):
+        self.client_id = cid
+        self.protection = ckks.CKKSClient(client_id=cid, settings=settings)
+        self.update = np.asarray(update, dtype=np.float64)
+        self.weight = weight
+        self.tamper = None  # bytes -> bytes, applied to the sealed update
+        self.vanish_after_sealing = False
+
+    def fit(self, message: bytes) -> bytes:
+        msg = wire.decode(message, expect=wire.Kind.GLOBAL_MODEL)
+        header = {"round": msg.header["round"], "client": self.client_id, "dim": msg.header["dim"]}
+        sealed = self.protection.seal(torch.from_numpy(self.update * self.weight), {"weight": self.weight}, header)
+        if self.vanish_after_sealing:
+            raise ClientDropout(self.client_id)  # encrypted, then lost before sending
+        return self.tamper(sealed) if self.tamper else sealed
+
+    def handle(self, message: bytes) -> bytes:
+        return self.protection.handle(message)
+
+
+def settings_for(clients: int, *, clip: float = 1.0, max_weight: float = 1.0, preset: str = "small-model", **kw):
+    params = hz.derive_params(preset, max_summands=clients, max_error=1e-3, **kw)
+    return ckks.CKKSSettings(params, clip, max_weight)
+
+
+def federation(updates, settings, weights=None):
+    dim = len(updates[0])
+    model = torch.nn.Linear(dim, 1, bias=False)  # dim parameters
+    server_half = ckks.CKKSServer(settings=settings)
+    server = SecureServer(model, config=ServerConfig(rounds=1), num_clients=len(updates), protection=server_half)
+    weights = weights or [1.0] * len(updates)
+    clients = [FakeClient(f"c{i}", settings, u, w) for i, (u, w) in enumerate(zip(updates, weights))]
+    return server, server_half, clients
+
+
+def retag(sealed: bytes, payload: bytes, **header) -> bytes:
+    """Re-encode a client update with a new payload (valid wire digest): what a
+    faulty client or a tampering server could produce."""
+    msg = wire.decode(sealed)
+    return wire.encode(msg.kind, {**msg.header, **header}, payload)
+
+
+# ------------------------------------------------------------------ key model
+@pytest.mark.parametrize("encryption", ["symmetric", "public-key"])
+def test_server_context_cannot_decrypt(encryption):
+    settings = settings_for(3, encryption=encryption)
+    rng = np.random.default_rng(0)  # test data only
+    updates = [rng.uniform(-0.5, 0.5, 6) / 3 for _ in range(3)]
+    server, half, clients = federation(updates, settings)
+    half.setup(clients, Exchange(0))
+    assert set(half.key_holders) == {"c0", "c1", "c2"}
+    assert not half.context.is_private()
+    # every client installed the same key set, and only clients hold it
+    assert all(c.protection.ready and c.protection.fingerprint == half.fingerprint for c in clients)
+    sealed = clients[0].fit(server.global_message(1))
+    tensor = hz.load_ciphertext(half.context, half.params, wire.decode(sealed).payload, ckks.Layout(6, ()).length)
+    with pytest.raises(ValueError, match="secret"):
+        tensor.decrypt()
+    # the server's serialized context reloads without a secret key as well
+    assert not hz.load_context(half.public_context, half.params).is_private()
+    # the key holder can
+    plain = hz.decrypt(clients[1].protection._context, half.params, tensor, ckks.Layout(6, ()).length)
+    assert np.allclose(plain[:6], updates[0], atol=1e-4)
+
+
+def test_key_delivery_is_authenticated():
+    settings = settings_for(2)
+    a, b = (ckks.CKKSClient(client_id=c, settings=settings) for c in ("a", "b"))
+    package = b"secret context bytes"
+    sealed = ckks.seal_key_package(a._x25519, b.public_key, "a", "b", settings.settings_id, package)
+    assert package not in sealed
+    assert ckks.open_key_package(b._x25519, a.public_key, "a", "b", settings.settings_id, sealed) == package
+    flipped = sealed[:-1] + bytes([sealed[-1] ^ 1])
+    with pytest.raises(Exception, match="authentication"):
+        ckks.open_key_package(b._x25519, a.public_key, "a", "b", settings.settings_id, flipped)
+    with pytest.raises(Exception, match="authentication"):  # bound to the recipient's name
+        ckks.open_key_package(b._x25519, a.public_key, "a", "c", settings.settings_id, sealed)
+
+
+# ------------------------------------------------------------------ precision
+def test_weighted_sum_within_1e3_of_plaintext():
+    n, dim = 10, 3000
+    settings = settings_for(n, clip=1.0, max_weight=200.0)
+    rng = np.random.default_rng(1)
+    updates = []
+    for _ in range(n):
+        u = rng.normal(size=dim)
+        updates.append(u / np.linalg.norm(u) * rng.uniform(0.2, 1.0))
+    weights = [float(w) for w in rng.integers(20, 200, n)]
+    server, half, clients = federation(updates, settings, weights)
+    half.setup(clients, Exchange(0))
+    agg = half.aggregate(clients, server.global_message(1), dim, Exchange(1))
+    expected = sum(w * u for w, u in zip(weights, updates))
+    # released sums are in units of W * C = 200: every coordinate within 1e-3 of
+    # the plaintext sum in the encrypted [-1, 1] units
+    err = np.abs(agg.total.double().numpy() - expected) / (settings.max_weight * settings.clip)
+    assert err.max() < 1e-3
+    assert err.max() > 0  # noise flooding: the release is never the exact decryption
+    assert agg.aux["weight"] == pytest.approx(sum(weights), abs=1e-3 * 200)
+    assert agg.count == n and agg.individual is None
+    assert agg.stats["clipped"] == 0 and agg.stats["ciphertexts_per_client"] == 3
+    assert 4.0 < agg.stats["bytes_ratio"] < 6.0
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0])
+def test_extreme_sums_at_max_clients_do_not_wrap(sign):
+    """100 clients (the most the parameters are derived for), every slot at +-bound:
+    update, count, weight and tags all sum to +-100."""
+    n = 100
+    settings = settings_for(n, clip=2.0, max_weight=50.0)
+    assert settings.params.coeff_mod_bit_sizes[0] - settings.params.scale_bits == 8  # log2(101) -> 7, + sign
+    updates = [np.array([sign * 2.0]) for _ in range(n)]  # dim 1: the clip bound itself
+    server, half, clients = federation(updates, settings, [50.0] * n)
+    half.setup(clients, Exchange(0))
+    agg = half.aggregate(clients, server.global_message(1), 1, Exchange(1))
+    assert agg.total.item() == pytest.approx(sign * 2.0 * 50.0 * n, abs=1e-3 * 100)
+    assert agg.aux["weight"] == pytest.approx(50.0 * n, abs=1e-3 * 50)
+
+
+def test_hazmat_all_ones_at_max_summands_and_wrap_without_headroom():
+    params = hz.derive_params("small-model", max_summands=100, max_error=1e-3)
+    ctx = hz.new_secret_context(params)
+    pub = hz.load_context(hz.public_context_bytes(ctx, params), params)
+    ones = np.ones(params.slots)
+    for value in (1.0, -1.0):
+        blob = hz.encrypt(ctx, params, value * ones)
+        acc = hz.load_ciphertext(pub, params, blob, params.slots)
+        for _ in range(99):
+            acc += hz.load_ciphertext(pub, params, hz.encrypt(ctx, params, value * ones), params.slots)
+        out = hz.decrypt(ctx, params, acc, params.slots)
+        assert np.abs(out - 100 * value).max() < 1e-3
+    # one bit less headroom is refused at construction: 100 all-ones would wrap
+    with pytest.raises(CKKSParameterError, match="wrap"):
+        hz.CKKSParams("small-model", 2048, (params.coeff_mod_bit_sizes[0] - 1, 14), params.scale_bits, 100, 8)
+
+
+# ------------------------------------------------------------------ integrity
+def _three_clients():
+    settings = settings_for(3, clip=2.0, max_weight=10.0)
+    updates = [np.array([0.1, -0.2, 0.3, 0.05]) * (i + 1) for i in range(3)]  # norms <= 1.14
+    server, half, clients = federation(updates, settings, [3.0, 5.0, 7.0])
+    return server, half, clients
+
+
+def _run_and_check_aborted(server, clients, match):
+    before = server.weights.clone()
+    res = server.run_round(1, clients)
+    assert res.aborted is not None and "CiphertextRejectedError" in res.aborted and match in res.aborted
+    assert torch.equal(server.weights, before)
+    return res
+
+
+def test_corrupted_ciphertext_rejected_and_model_unchanged():
+    server, half, clients = _three_clients()
+
+    def corrupt(sealed):
+        payload = bytearray(wire.decode(sealed).payload)
+        payload[len(payload) // 2] ^= 0xFF
+        return retag(sealed, bytes(payload))
+
+    clients[1].tamper = corrupt
+    _run_and_check_aborted(server, clients, "rejected")
+
+
+def test_truncated_ciphertext_rejected_and_model_unchanged():
+    server, half, clients = _three_clients()
+    clients[2].tamper = lambda sealed: retag(sealed, wire.decode(sealed).payload[:-64])
+    _run_and_check_aborted(server, clients, "rejected")
+
+
+def test_wrong_key_ciphertext_detected_and_model_unchanged():
+    server, half, clients = _three_clients()
+    # a second federation with the same settings but its own secret key
+    _, other_half, others = _three_clients()
+    other_half.setup(others, Exchange(0))
+    half.setup(clients, Exchange(0))
+    server._set_up = True
+    stranger = others[0]
+
+    def swap(sealed):
+        foreign = stranger.fit(server.global_message(1))
+        return retag(sealed, wire.decode(foreign).payload)  # header still names our key set
+
+    clients[0].tamper = swap
+    res = _run_and_check_aborted(server, clients, "rejected the aggregate")
+    assert "beyond the bound" in res.aborted or "tags" in res.aborted
+
+
+def test_small_additive_tampering_fails_the_tags():
+    """A server adding a small, in-bounds plaintext shift (here: a key holder's
+    encryption of 0.05 in one coordinate, as a stand-in) is caught by the tags."""
+    server, half, clients = _three_clients()
+    half.setup(clients, Exchange(0))
+    server._set_up = True
+    shift = np.zeros(ckks.Layout(4, ()).length)
+    shift[0] = 0.05
+    forged = hz.encrypt(clients[0].protection._context, half.params, shift)
+
+    def add_shift(sealed):
+        mine = hz.load_ciphertext(half.context, half.params, wire.decode(sealed).payload, len(shift))
+        mine += hz.load_ciphertext(half.context, half.params, forged, len(shift))
+        return retag(sealed, hz.serialize(mine))
+
+    clients[1].tamper = add_shift
+    res = _run_and_check_aborted(server, clients, "rejected the aggregate")
+    assert "tags" in res.aborted
+
+
+# ------------------------------------------------------------------ dropouts
+def test_client_dropping_after_encrypting_round_completes_with_the_rest():
+    server, half, clients = _three_clients()
+    clients[1].vanish_after_sealing = True
+    before = server.weights.clone()
+    res = server.run_round(1, clients)
+    assert res.aborted is None and res.participants == 2 and res.dropped == ["c1"]
+    expected = (3.0 * clients[0].update + 7.0 * clients[2].update) / 10.0
+    step = (server.weights - before).double().numpy()
+    # released error <= 1e-3 in units of W * C = 20, divided by the weight 10
+    assert np.abs(step - expected).max() < 1e-3 * 20.0 / 10.0
+
+
+def test_decryptor_dropping_hands_over_to_another_key_holder():
+    server, half, clients = _three_clients()
+    half.setup(clients, Exchange(0))
+    # c0 answers its update (message 1) and vanishes at the decryption request (message 2)
+    agg = half.aggregate(clients, server.global_message(1), 4, Exchange(1, drop_at={"c0": 2}))
+    assert agg.count == 3 and agg.stats["decryptor"] == "c1"
+
+
+def test_clipping_is_counted_not_silent():
+    settings = settings_for(2, clip=1.0, max_weight=1.0)
+    updates = [np.array([3.0, 4.0]), np.array([0.3, 0.4])]  # norms 5 and 0.5
+    server, half, clients = federation(updates, settings)
+    half.setup(clients, Exchange(0))
+    agg = half.aggregate(clients, server.global_message(1), 2, Exchange(1))
+    assert agg.stats["clipped"] == 1
+    assert np.allclose(agg.total.numpy(), [0.6 + 0.3, 0.8 + 0.4], atol=1e-3)
+
+
+# ------------------------------------------------------------------ parameters
+def test_preset_validation_errors():
+    with pytest.raises(CKKSParameterError, match="128-bit"):
+        hz.CKKSParams("small-model", 2048, (45, 14), 30, 10, 8)  # 59 > 54 bits
+    with pytest.raises(CKKSParameterError, match="poly_modulus_degree"):
+        hz.CKKSParams("small-model", 3000, (35, 14), 29, 10, 8)
+    with pytest.raises(CKKSParameterError, match="larger preset"):
+        hz.derive_params("small-model", max_summands=10_000, max_error=1e-3)
+    with pytest.raises(CKKSParameterError, match="ckks_preset"):
+        hz.derive_params("no-such-preset", max_summands=10, max_error=1e-3)
+    # a large preset takes what the small one cannot
+    assert hz.derive_params("large-model", max_summands=10_000, max_error=1e-3).data_bits <= 60
+    for name, preset in hz.PRESETS.items():  # every preset is valid at 10 and 100 clients
+        for m in (10, 100):
+            p = hz.derive_params(name, max_summands=m, max_error=1e-3)
+            assert sum(p.coeff_mod_bit_sizes) <= hz.HE_STANDARD_128[preset.poly_modulus_degree]
+
+
+def test_run_config_validates_ckks_at_construction():
+    with pytest.raises(CKKSParameterError) as info:
+        RunConfig.from_flat({"protect": "ckks", "clients": 50, "ckks_max_error": 1e-9})
+    assert info.value.field == "ckks_preset"
+    with pytest.raises(ConfigValueError) as info:
+        RunConfig.from_flat({"protect": "ckks", "ckks_encryption": "quantum"})
+    assert info.value.field == "ckks_encryption"
+    cfg = RunConfig.from_flat({"protect": "ckks", "clients": 7})
+    assert "ckks" in PROTECTIONS and ckks.ckks_params(cfg).max_summands == 7
+
+
+def test_cli_names_the_flag_on_bad_ckks_settings(capsys):
+    from securefl.cli import main
+
+    assert main(["train", "--protect", "ckks", "--ckks-preset", "huge", "--out", "/tmp/never"]) == 2
+    assert "--ckks-preset" in capsys.readouterr().err
+
+
+def test_weight_above_bound_is_an_error_naming_the_flag():
+    settings = settings_for(2, max_weight=10.0)
+    server, half, clients = federation([np.zeros(2), np.zeros(2)], settings, [5.0, 11.0])
+    half.setup(clients, Exchange(0))
+    with pytest.raises(ConfigValueError) as info:
+        clients[1].fit(server.global_message(1))
+    assert info.value.field == "ckks_max_weight"
