@@ -16,7 +16,7 @@ import torch
 
 from securefl.crypto.secagg.client import SecAggClient
 from securefl.crypto.secagg.common import SecAggSettings, unb64
-from securefl.crypto.secagg.server import SecAggServer
+from securefl.crypto.secagg.server import SecAggResult, SecAggServer
 from securefl.exceptions import ProtocolError
 from securefl.protect import AggregateInput, ClientLike, ClientProtection, Exchange, ServerProtection
 from securefl.transport import wire
@@ -77,6 +77,7 @@ class SecAggServerProtection(ServerProtection):
         self.rng = rng
         self.stages = 5 if settings.malicious else 4
         self.directory: dict[str, bytes] = {}
+        self.last_result: SecAggResult | None = None  #: the last round's unmasked sum
 
     def setup(self, clients: Sequence[ClientLike], exchange: Exchange) -> None:
         """Malicious option: collect each client's Ed25519 verification key once. The
@@ -114,6 +115,7 @@ class SecAggServerProtection(ServerProtection):
         if self.settings.malicious:
             unmaskers = server.collect_signatures(ask(u3, server.consistency_request))
         result = server.collect_unmask(ask(unmaskers, server.unmask_request))
+        self.last_result = result
 
         n = len(server.roster)
         float32 = 4 * dim
