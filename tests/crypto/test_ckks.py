@@ -301,3 +301,22 @@ def test_weight_above_bound_is_an_error_naming_the_flag():
     with pytest.raises(ConfigValueError) as info:
         clients[1].fit(server.global_message(1))
     assert info.value.field == "ckks_max_weight"
+
+
+# ------------------------------------------------------------------ end to end
+def test_short_ckks_run_matches_plaintext(digits):
+    from securefl.simulation import Simulation
+
+    base = {"dataset": "digits", "clients": 3, "rounds": 2, "hidden": 16, "local_epochs": 1.0, "seed": 0}
+    plain = Simulation(RunConfig.from_flat({**base, "protect": "none"}), data=digits).run()
+    enc = Simulation(RunConfig.from_flat({**base, "protect": "ckks"}), data=digits).run()
+    w_plain, w_enc = plain.server.weights, enc.server.weights
+    assert not torch.equal(w_plain, w_enc)  # the encrypted sum is flooded, not exact
+    assert (w_plain - w_enc).abs().max() < 5e-3
+    assert abs(plain.metrics["final"]["accuracy"] - enc.metrics["final"]["accuracy"]) <= 0.02
+    rows = enc.metrics["rounds"]
+    assert all(r["aborted"] is None and r["participants"] == 3 for r in rows)
+    # 1210 parameters pad to two 1024-slot ciphertexts: bytes per padded float32 slot stay <= 6
+    padded = rows[-1]["protection"]["ciphertexts_per_client"] * 1024 / w_enc.numel()
+    assert all(r["protection"]["bytes_up_ratio"] <= 6.0 * padded for r in rows)
+    assert rows[-1]["protection"]["preset"] == "small-model"
