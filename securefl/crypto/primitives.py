@@ -116,3 +116,28 @@ def mask(seed: bytes, length: int, bits: int, info: bytes) -> np.ndarray:
     enc = Cipher(algorithms.AES(key), modes.CTR(b"\x00" * 16)).encryptor()
     stream = enc.update(bytes(length * dtype.itemsize))
     return np.frombuffer(stream, dtype=dtype)
+
+
+_CHUNK = 1 << 18  # 256 KiB of keystream at a time: stays in cache between AES and the add
+
+
+def add_mask(acc: np.ndarray, seed: bytes, info: bytes, *, subtract: bool = False) -> None:
+    """``acc += mask(seed, len(acc), bits, info)`` (or ``-=``) in place, modulo 2^bits,
+    streaming the keystream in cache-sized chunks instead of materialising it."""
+    bits = acc.dtype.itemsize * 8
+    if acc.dtype != _DTYPES.get(bits) or not acc.flags.c_contiguous or not acc.flags.writeable:
+        raise ValueError("acc must be a writeable, contiguous little-endian uint32 or uint64 vector")
+    key = hkdf(seed, b"securefl-secagg-mask-v1" + info)
+    enc = Cipher(algorithms.AES(key), modes.CTR(b"\x00" * 16)).encryptor()
+    total = acc.nbytes
+    zeros = bytes(min(_CHUNK, total))
+    out = bytearray(len(zeros) + 16)
+    view = np.frombuffer(out, dtype=acc.dtype)
+    op = np.subtract if subtract else np.add
+    step = len(zeros) // acc.itemsize
+    for start in range(0, acc.size, step):
+        stop = min(start + step, acc.size)
+        nbytes = (stop - start) * acc.itemsize
+        enc.update_into(zeros if nbytes == len(zeros) else zeros[:nbytes], out)
+        seg = acc[start:stop]
+        op(seg, view[: stop - start], out=seg)

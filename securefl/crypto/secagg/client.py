@@ -245,20 +245,18 @@ class SecAggClient:
             v = np.clip(v, -limit, limit)
         codec = st.codec
         enc = codec.encode(np.concatenate([v, extra]), self.rng)
-        vec = np.concatenate([enc.values, codec.wrap(np.array([saturated]))])
+        vec = np.concatenate([enc.values, codec.wrap(np.array([saturated]))]).astype(codec.dtype)
         self.last_saturated = saturated
-        length = vec.size
-        vec = vec + P.mask(st.seed, length, codec.bits, self_mask_info(st.round, self.client_id))
+        P.add_mask(vec, st.seed, self_mask_info(st.round, self.client_id))
         for other in st.maskers:
             seed = P.agree(st.s_sk, st.peers[other][1], pair_info(st.round))
-            m = P.mask(seed, length, codec.bits, pair_mask_info(st.round))
-            vec = vec + m if self.client_id < other else vec - m
+            P.add_mask(vec, seed, pair_mask_info(st.round), subtract=self.client_id > other)
         st.stage = _MASKED
         out = {"aux": keys, "dim": int(v.size), "bits": codec.bits}
         for k in ("epsilon", "steps"):
             if k in header:
                 out[k] = header[k]
-        return self._reply(wire.Kind.SECAGG_MASKED_INPUT, st.round, out, vec.astype(codec.dtype).tobytes())
+        return self._reply(wire.Kind.SECAGG_MASKED_INPUT, st.round, out, vec.tobytes())
 
     # ------------------------------------------------------------ stage 4
     def consistency(self, msg: wire.Message) -> bytes:

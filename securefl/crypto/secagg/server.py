@@ -75,7 +75,8 @@ class SecAggServer:
         self.keys: dict[str, dict[str, str]] = {}  # u1: advertised keys (base64 wire form)
         self.u2: list[str] = []
         self.routed: dict[str, dict[str, str]] = {}  # recipient -> sender -> ciphertext
-        self.u3: dict[str, np.ndarray] = {}  # masked inputs
+        self.u3: set[str] = set()  # clients whose masked input arrived
+        self.masked_sum: np.ndarray | None = None  # running sum: O(d) memory, not O(n * d)
         self.aux_keys: list[str] | None = None
         self.dim: int | None = None
         self.headers: list[dict[str, Any]] = []
@@ -193,7 +194,12 @@ class SecAggServer:
             length = dim + len(keys) + 1
             if len(msg.payload) != length * dtype.itemsize:
                 raise WireFormatError(f"masked input of {u} has {len(msg.payload)} bytes, expected {length * dtype.itemsize}")
-            self.u3[u] = np.frombuffer(msg.payload, dtype=dtype)
+            y = np.frombuffer(msg.payload, dtype=dtype)
+            if self.masked_sum is None:
+                self.masked_sum = y.astype(self.codec.dtype)
+            else:
+                self.masked_sum += y
+            self.u3.add(u)
             self.headers.append({k: msg.header[k] for k in ("client", "epsilon", "steps") if k in msg.header})
         self.dim = dim
         alive = sorted(self.u3)
@@ -266,13 +272,11 @@ class SecAggServer:
         for v in dropped:
             if len(sk_shares.get(v, [])) < t:
                 raise SecAggAbortError(len(sk_shares.get(v, [])), t, "unmask")
-        length = self.dim + len(self.aux_keys) + 1
-        total = np.zeros(length, dtype=codec.dtype)
-        for v in survivors:
-            total += self.u3[v]
+        assert self.masked_sum is not None
+        total = self.masked_sum.copy()
         for v in survivors:
             seed = shamir.combine_bytes(b_shares[v], t)
-            total -= P.mask(seed, length, codec.bits, self_mask_info(self.round, v))
+            P.add_mask(total, seed, self_mask_info(self.round, v), subtract=True)
         for v in dropped:
             sk = shamir.combine_bytes(sk_shares[v], t)
             if len(sk) != 32 or P.x25519_public(sk) != unb64(self.keys[v]["s_pk"], "s_pk"):
@@ -281,9 +285,8 @@ class SecAggServer:
                 if u not in self.u3:
                     continue
                 seed = P.agree(sk, unb64(self.keys[u]["s_pk"], "s_pk"), pair_info(self.round))
-                m = P.mask(seed, length, codec.bits, pair_mask_info(self.round))
                 # u added +m if u < v, else -m; take it back out
-                total = total - m if u < v else total + m
+                P.add_mask(total, seed, pair_mask_info(self.round), subtract=u < v)
         values = codec.decode(total[: self.dim + len(self.aux_keys)])
         saturated = int(codec.signed(total[-1:])[0])
         aux = {k: float(values[self.dim + i]) for i, k in enumerate(self.aux_keys)}
