@@ -387,6 +387,9 @@ class CKKSClient(ClientProtection):
             raise ProtocolError("CKKS_DECRYPT header needs round, count and dim") from None
         if not 1 <= count <= self.params.max_summands:
             return self._reject(f"count {count} outside 1..{self.params.max_summands}")
+        contributors = h.get("contributors")
+        if not isinstance(contributors, list) or len(set(map(str, contributors))) != count:
+            return self._reject(f"the aggregate must name {count} distinct contributors")
         try:
             tensor = hz.load_ciphertext(self._context, self.params, msg.payload, layout.length)
         except CiphertextRejectedError as exc:

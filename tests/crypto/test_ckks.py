@@ -227,6 +227,14 @@ def test_small_additive_tampering_fails_the_tags():
     assert "tags" in res.aborted
 
 
+def test_duplicated_contribution_is_refused_by_the_key_holder():
+    """A server that counts one client's ciphertext twice must name it twice."""
+    server, half, clients = _three_clients()
+    half.setup(clients, Exchange(0))
+    with pytest.raises(CiphertextRejectedError, match="distinct"):
+        half.aggregate([clients[0], clients[0], clients[1]], server.global_message(1), 4, Exchange(1))
+
+
 # ------------------------------------------------------------------ dropouts
 def test_client_dropping_after_encrypting_round_completes_with_the_rest():
     server, half, clients = _three_clients()
