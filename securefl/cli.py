@@ -135,7 +135,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
 PLUGINS: dict[str, list[str]] = {
     "": [],
     "attack": ["attacks.commands.bench"],
-    "audit": [],
+    "audit": ["attacks.commands.audit"],
 }
 
 FAMILY_HELP = {
