@@ -134,7 +134,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
 #: A family of ``""`` mounts at the top level (``securefl NAME``).
 PLUGINS: dict[str, list[str]] = {
     "": [],
-    "attack": ["attacks.commands.bench"],
+    "attack": ["attacks.commands.bench", "attacks.commands.poison"],
     "audit": ["attacks.commands.audit"],
 }
 

@@ -16,7 +16,9 @@ from pathlib import Path
 from securefl.exceptions import ConfigValueError
 
 #: suite name -> "module:function"
-SUITES: dict[str, str] = {}
+SUITES: dict[str, str] = {
+    "poisoning": "attacks.poisoning_bench:run_suite",
+}
 
 
 def run(ns: argparse.Namespace) -> int:
