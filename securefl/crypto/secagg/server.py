@@ -204,9 +204,14 @@ class SecAggServer:
         self.dim = dim
         alive = sorted(self.u3)
         self._abort_if_short(alive, "masked input")
+        live = set(alive)
         for u in alive:  # every survivor's self-mask seed must be recoverable from live holders
-            if len(set(self.graph[u]) & set(alive)) + 1 < self.threshold:
-                raise SecAggAbortError(len(set(self.graph[u]) & set(alive)) + 1, self.threshold, "masked input")
+            if len(set(self.graph[u]) & live) + 1 < self.threshold:
+                raise SecAggAbortError(len(set(self.graph[u]) & live) + 1, self.threshold, "masked input")
+        for v in set(self.u2) - live:  # and every mask key of a masker that dropped since
+            holders = len(set(self.graph[v]) & live)
+            if holders and holders < self.threshold:
+                raise SecAggAbortError(holders, self.threshold, "masked input")
         return alive
 
     # ------------------------------------------------------------ stage 4 (malicious option)
