@@ -86,7 +86,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--dropout", type=float, default=S, help="probability a chosen client vanishes mid-round (0)")
     g = p.add_argument_group("CKKS encryption (--protect ckks)")
     g.add_argument("--ckks-preset", default=S, help="small-model | standard | large-model | hardened (small-model)")
-    g.add_argument("--ckks-encryption", default=S, help="symmetric | public-key (symmetric)")
+    g.add_argument("--ckks-encryption", default=S, help="symmetric | public-key | seeded (seeded symmetric ciphertexts: ~half the bytes) (symmetric)")
     g.add_argument("--ckks-max-clients", type=int, default=S, help="most updates summed per round (all clients)")
     g.add_argument("--ckks-max-error", type=float, default=S, help="bound on the released error of a summed slot (1e-3)")
     g.add_argument("--ckks-clip", type=float, default=S, help="L2 bound on an update; larger ones are clipped and counted (4.0)")

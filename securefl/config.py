@@ -204,7 +204,7 @@ class ProtectConfig:
 
     # --- ckks (securefl.crypto.ckks)
     ckks_preset: str = "small-model"  #: ring preset named by use (securefl.crypto.hazmat.ckks.PRESETS)
-    ckks_encryption: str = "symmetric"  #: "symmetric" (key holders encrypt with the secret key) or "public-key"
+    ckks_encryption: str = "symmetric"  #: "symmetric" (secret-key), "public-key" or "seeded" (secret-key, ~half the bytes)
     ckks_max_clients: int | None = None  #: most ciphertexts summed in a round; None = the federation size
     ckks_max_error: float = 1e-3  #: bound on the released error of one summed slot (values in [-1, 1])
     ckks_clip: float = 4.0  #: L2 bound on an (unweighted) update; larger ones are clipped and counted

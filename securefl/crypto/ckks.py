@@ -362,7 +362,7 @@ class CKKSClient(ClientProtection):
         secret, mac_key, fingerprint = _unpackage(package)
         if msg.header.get("fingerprint") != fingerprint:
             raise ProtocolError("the server's public context is not the one the key generator made")
-        ctx = hz.load_context(secret, self.params)
+        ctx = hz.load_context(secret, self.params, secret=True)
         if not ctx.is_private():
             raise ProtocolError("delivered CKKS context holds no secret key")
         self._install(ctx, mac_key, fingerprint)

@@ -23,6 +23,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import os
+import struct
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,7 +47,11 @@ TAIL = 6.0
 HEADROOM_MARGIN_BITS = 0
 #: smallest scale accepted; below it CKKS encoding error alone swamps the values
 MIN_SCALE_BITS = 20
-ENCRYPTIONS = ("symmetric", "public-key")
+#: how key holders encrypt: TenSEAL with the secret key, TenSEAL with the public
+#: key, or SEAL's seeded symmetric ciphertexts (the second polynomial replaced by
+#: the 64-byte PRNG seed it is expanded from: about half the bytes)
+ENCRYPTIONS = ("symmetric", "public-key", "seeded")
+_SECRET_KEY_ENCRYPTIONS = ("symmetric", "seeded")
 
 
 @dataclass(frozen=True)
@@ -158,7 +164,7 @@ class CKKSParams:
         independent ciphertexts add in variance. Measured within 5% of this model.
         """
         n = self.poly_modulus_degree
-        per_coeff = ERROR_STD if self.encryption == "symmetric" else math.sqrt((1 + 2 * n / 3) / 12 + ERROR_STD**2)
+        per_coeff = ERROR_STD if self.encryption in _SECRET_KEY_ENCRYPTIONS else math.sqrt((1 + 2 * n / 3) / 12 + ERROR_STD**2)
         return per_coeff * math.sqrt(n / 2) * math.sqrt(max(1, summands)) / 2.0**self.scale_bits
 
     def flood_std(self, summands: int) -> float:
@@ -243,7 +249,7 @@ def derive_params(
 
 def _error_unit(preset: Preset, encryption: str) -> float:
     n = preset.poly_modulus_degree
-    per_coeff = ERROR_STD if encryption == "symmetric" else math.sqrt((1 + 2 * n / 3) / 12 + ERROR_STD**2)
+    per_coeff = ERROR_STD if encryption in _SECRET_KEY_ENCRYPTIONS else math.sqrt((1 + 2 * n / 3) / 12 + ERROR_STD**2)
     return per_coeff * math.sqrt(n / 2)
 
 
@@ -254,12 +260,137 @@ def _ts():
     return tenseal
 
 
+def _seal():
+    import tenseal.sealapi as sealapi
+
+    return sealapi
+
+
+def _seal_io(fn_save=None, data: bytes | None = None, fn_load=None):
+    """SEAL's Python API (shipped with TenSEAL) saves and loads through file
+    paths only; run one save or load through a private temporary directory."""
+    import tempfile
+
+    with tempfile.TemporaryDirectory(prefix="securefl-ckks-") as tmp:
+        path = os.path.join(tmp, "obj")
+        if fn_save is not None:
+            fn_save(path)
+            with open(path, "rb") as fh:
+                return fh.read()
+        with open(path, "wb") as fh:
+            fh.write(data or b"")
+        return fn_load(path)
+
+
+class SeededContext:
+    """SEAL objects for ``encryption="seeded"``: parameters, encoder and evaluator
+    for everyone; secret key, encryptor and decryptor for key holders only."""
+
+    def __init__(self, params: CKKSParams, secret_key: bytes | None = None) -> None:
+        seal = _seal()
+        parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
+        parms.set_poly_modulus_degree(params.poly_modulus_degree)
+        parms.set_coeff_modulus(seal.CoeffModulus.Create(params.poly_modulus_degree, list(params.coeff_mod_bit_sizes)))
+        self.params = params
+        self.parms = parms
+        # SEAL enforces the same 128-bit table (sec_level tc128) when it builds the context
+        self.context = seal.SEALContext(parms, True, seal.SEC_LEVEL_TYPE.TC128)
+        if not self.context.parameters_set():
+            raise CKKSParameterError("ckks_preset", params.preset, "SEAL rejects these parameters")
+        self.encoder = seal.CKKSEncoder(self.context)
+        self.evaluator = seal.Evaluator(self.context)
+        self._secret = None
+        if secret_key is not None:
+            sk = seal.SecretKey()
+            try:
+                _seal_io(data=secret_key, fn_load=lambda path: sk.load(self.context, path))
+            except Exception as exc:
+                raise CiphertextRejectedError(f"secret key does not fit the parameters: {exc}") from None
+            self._install(sk)
+
+    @classmethod
+    def generate(cls, params: CKKSParams) -> "SeededContext":
+        ctx = cls(params)
+        ctx._install(_seal().KeyGenerator(ctx.context).secret_key())
+        return ctx
+
+    def _install(self, sk) -> None:
+        seal = _seal()
+        self._secret = sk
+        self.encryptor = seal.Encryptor(self.context, sk)
+        self.decryptor = seal.Decryptor(self.context, sk)
+
+    def is_private(self) -> bool:
+        return self._secret is not None
+
+    def secret_key_bytes(self) -> bytes:
+        assert self._secret is not None
+        return _seal_io(fn_save=self._secret.save)
+
+    def public_bytes(self) -> bytes:
+        """The encryption parameters alone: everything the server needs to add."""
+        return _seal_io(fn_save=self.parms.save)
+
+
+class SeededVector:
+    """A vector of SEAL ciphertexts that adds in place (``+=``)."""
+
+    def __init__(self, ctx: SeededContext, cts: list) -> None:
+        self.ctx = ctx
+        self.cts = cts
+
+    @property
+    def shape(self) -> list[int]:
+        return [] if len(self.cts) == 1 else [len(self.cts)]
+
+    def __iadd__(self, other: "SeededVector") -> "SeededVector":
+        if len(other.cts) != len(self.cts):
+            raise CiphertextRejectedError("cannot add ciphertext vectors of different lengths")
+        try:
+            for a, b in zip(self.cts, other.cts):
+                self.ctx.evaluator.add_inplace(a, b)
+        except Exception as exc:  # SEAL refuses mismatched parameters or scales
+            raise CiphertextRejectedError(f"ciphertexts do not add: {exc}") from None
+        return self
+
+
+_SEEDED_MAGIC = b"SFLC"
+
+
+def _pack_blobs(blobs: list[bytes]) -> bytes:
+    out = [_SEEDED_MAGIC, struct.pack("<I", len(blobs))]
+    for b in blobs:
+        out += [struct.pack("<I", len(b)), b]
+    return b"".join(out)
+
+
+def _unpack_blobs(data: bytes) -> list[bytes]:
+    if data[:4] != _SEEDED_MAGIC or len(data) < 8:
+        raise CiphertextRejectedError("ciphertext rejected on receipt: no SFLC header")
+    (k,) = struct.unpack_from("<I", data, 4)
+    at, blobs = 8, []
+    for _ in range(k):
+        if at + 4 > len(data):
+            raise CiphertextRejectedError("ciphertext rejected on receipt: vector is truncated")
+        (n,) = struct.unpack_from("<I", data, at)
+        at += 4
+        if at + n > len(data):
+            raise CiphertextRejectedError("ciphertext rejected on receipt: vector is truncated")
+        blobs.append(data[at : at + n])
+        at += n
+    if at != len(data):
+        raise CiphertextRejectedError("ciphertext rejected on receipt: trailing bytes")
+    return blobs
+
+
 def new_secret_context(params: CKKSParams, *, n_threads: int | None = None):
-    """A fresh TenSEAL context holding a new secret key (key holders only).
+    """A fresh context holding a new secret key (key holders only).
 
     The keys come from SEAL's own CSPRNG (seeded from the OS). Relinearization and
     Galois keys are never serialized: additions need neither.
     """
+    if params.encryption == "seeded":
+        return SeededContext.generate(params)
     ts = _ts()
     enc = ts.ENCRYPTION_TYPE.SYMMETRIC if params.encryption == "symmetric" else ts.ENCRYPTION_TYPE.ASYMMETRIC
     kwargs: dict[str, Any] = {"encryption_type": enc}
@@ -278,6 +409,8 @@ def new_secret_context(params: CKKSParams, *, n_threads: int | None = None):
 def secret_context_bytes(ctx, params: CKKSParams) -> bytes:
     """Serialize a key holder's context *with* its secret key (only ever sent
     AEAD-encrypted to another key holder)."""
+    if params.encryption == "seeded":
+        return ctx.secret_key_bytes()
     return ctx.serialize(
         save_public_key=params.encryption == "public-key",
         save_secret_key=True,
@@ -292,19 +425,27 @@ def public_context_bytes(ctx, params: CKKSParams) -> bytes:
     For public-key encryption this is TenSEAL's ``make_context_public()`` (the
     public key stays, so the server could encrypt); for symmetric encryption, where
     TenSEAL has no ``make_context_public``, the context is serialized without its
-    secret key, leaving the parameters only (the server cannot even encrypt).
+    secret key, leaving the parameters only (the server cannot even encrypt); for
+    seeded encryption it is SEAL's encryption parameters.
     """
+    if params.encryption == "seeded":
+        return ctx.public_bytes()
     if params.encryption == "public-key":
         pub = ctx.copy()
         pub.make_context_public(generate_galois_keys=False, generate_relin_keys=False)
-        data = pub.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False)
-    else:
-        data = ctx.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False)
-    return data
+        return pub.serialize(save_public_key=True, save_secret_key=False, save_galois_keys=False, save_relin_keys=False)
+    return ctx.serialize(save_public_key=False, save_secret_key=False, save_galois_keys=False, save_relin_keys=False)
 
 
-def load_context(data: bytes, params: CKKSParams, *, n_threads: int | None = None):
-    """Deserialize a context and check it has exactly ``params``' ring and scale."""
+def load_context(data: bytes, params: CKKSParams, *, secret: bool = False, n_threads: int | None = None):
+    """Deserialize a context (``secret=True``: a key holder's) for ``params``."""
+    if params.encryption == "seeded":
+        if secret:
+            return SeededContext(params, secret_key=data)
+        ctx = SeededContext(params)
+        if ctx.public_bytes() != data:
+            raise CiphertextRejectedError("public parameters differ from the agreed CKKS parameters")
+        return ctx
     ts = _ts()
     try:
         ctx = ts.context_from(data, n_threads) if n_threads is not None else ts.context_from(data)
@@ -324,10 +465,7 @@ def num_ciphertexts(params: CKKSParams, length: int) -> int:
     return max(1, math.ceil(length / params.slots))
 
 
-def encrypt(ctx, params: CKKSParams, values: np.ndarray) -> bytes:
-    """Encrypt a 1-D float vector (entries in [-1, 1]) into ceil(len/slots)
-    ciphertexts (one batched CKKS tensor, zero-padded) and serialize it."""
-    ts = _ts()
+def _grid(params: CKKSParams, values: np.ndarray) -> tuple[np.ndarray, int]:
     values = np.asarray(values, dtype=np.float64).ravel()
     if not np.isfinite(values).all():
         raise ValueError("cannot encrypt non-finite values")
@@ -336,6 +474,23 @@ def encrypt(ctx, params: CKKSParams, values: np.ndarray) -> bytes:
     k = num_ciphertexts(params, values.size)
     grid = np.zeros(k * params.slots, dtype=np.float64)
     grid[: values.size] = values
+    return grid, k
+
+
+def encrypt(ctx, params: CKKSParams, values: np.ndarray) -> bytes:
+    """Encrypt a 1-D float vector (entries in [-1, 1]) into ceil(len/slots)
+    ciphertexts (zero-padded) and serialize them."""
+    grid, k = _grid(params, values)
+    if params.encryption == "seeded":
+        seal = _seal()
+        scale = 2.0**params.scale_bits
+        blobs = []
+        for j in range(k):
+            pt = seal.Plaintext()
+            ctx.encoder.encode(grid[j * params.slots : (j + 1) * params.slots].tolist(), scale, pt)
+            blobs.append(_seal_io(fn_save=ctx.encryptor.encrypt_symmetric(pt).save))
+        return _pack_blobs(blobs)
+    ts = _ts()
     # column j of a (slots, k) batch is ciphertext j, holding values[j*slots:(j+1)*slots];
     # one ciphertext is a 1-D batch (TenSEAL replicates slot 0 of a (slots, 1) batch)
     batch = grid if k == 1 else np.ascontiguousarray(grid.reshape(k, params.slots).T)
@@ -346,15 +501,32 @@ def encrypt(ctx, params: CKKSParams, values: np.ndarray) -> bytes:
 def load_ciphertext(ctx, params: CKKSParams, data: bytes, length: int):
     """Deserialize a ciphertext vector on receipt and check it: it must parse,
     pass SEAL's validity check (coefficients below the modulus, the context's
-    parameter id) and hold exactly the expected number of ciphertexts."""
-    ts = _ts()
+    parameter id) and hold exactly the expected number of ciphertexts (for
+    seeded ciphertexts also: two polynomials at the data level and the scale)."""
     if not isinstance(data, (bytes, bytearray)) or len(data) == 0:
         raise CiphertextRejectedError("empty ciphertext")
+    k = num_ciphertexts(params, length)
+    if params.encryption == "seeded":
+        blobs = _unpack_blobs(bytes(data))
+        if len(blobs) != k:
+            raise CiphertextRejectedError(f"ciphertext rejected on receipt: {len(blobs)} ciphertexts, expected {k}")
+        seal = _seal()
+        cts = []
+        for blob in blobs:
+            ct = seal.Ciphertext()
+            try:
+                _seal_io(data=blob, fn_load=lambda path: ct.load(ctx.context, path))
+            except Exception as exc:
+                raise CiphertextRejectedError(f"ciphertext rejected on receipt: {exc}") from None
+            if ct.size() != 2 or ct.coeff_modulus_size() != 1 or ct.scale != 2.0**params.scale_bits:
+                raise CiphertextRejectedError("ciphertext is not a fresh two-part ciphertext at the agreed scale")
+            cts.append(ct)
+        return SeededVector(ctx, cts)
+    ts = _ts()
     try:
         tensor = ts.ckks_tensor_from(ctx, bytes(data))
     except Exception as exc:
         raise CiphertextRejectedError(f"ciphertext rejected on receipt: {exc}") from None
-    k = num_ciphertexts(params, length)
     expected = [] if k == 1 else [k]
     if list(tensor.shape) != expected:
         raise CiphertextRejectedError(f"ciphertext holds shape {list(tensor.shape)}, expected {expected}")
@@ -362,12 +534,24 @@ def load_ciphertext(ctx, params: CKKSParams, data: bytes, length: int):
 
 
 def serialize(tensor) -> bytes:
+    if isinstance(tensor, SeededVector):
+        return _pack_blobs([_seal_io(fn_save=ct.save) for ct in tensor.cts])
     return tensor.serialize()
 
 
 def decrypt(ctx, params: CKKSParams, tensor, length: int) -> np.ndarray:
     """Decrypt a ciphertext vector with the secret key held in ``ctx``."""
-    plain = tensor.decrypt(ctx.secret_key())
     k = num_ciphertexts(params, length)
+    if not ctx.is_private():
+        raise ValueError("this context holds no secret key: it cannot decrypt")
+    if params.encryption == "seeded":
+        seal = _seal()
+        out = []
+        for ct in tensor.cts:
+            pt = seal.Plaintext()
+            ctx.decryptor.decrypt(ct, pt)
+            out.append(np.asarray(ctx.encoder.decode_double(pt), dtype=np.float64))
+        return np.concatenate(out)[:length]
+    plain = tensor.decrypt(ctx.secret_key())
     arr = np.asarray(plain.raw, dtype=np.float64).reshape(params.slots, k)
     return arr.T.reshape(-1)[:length]
