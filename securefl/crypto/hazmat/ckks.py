@@ -266,20 +266,36 @@ def _seal():
     return sealapi
 
 
-def _seal_io(fn_save=None, data: bytes | None = None, fn_load=None):
-    """SEAL's Python API (shipped with TenSEAL) saves and loads through file
-    paths only; run one save or load through a private temporary directory."""
+def _tmpdir():
+    """A private temporary directory, in memory (/dev/shm) where the OS has one."""
     import tempfile
 
-    with tempfile.TemporaryDirectory(prefix="securefl-ckks-") as tmp:
+    shm = "/dev/shm"
+    base = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
+    return tempfile.TemporaryDirectory(prefix="securefl-ckks-", dir=base)
+
+
+def _seal_save(savers: list) -> list[bytes]:
+    """SEAL's Python API (shipped with TenSEAL) saves through file paths only:
+    run each ``save(path)`` in a private temporary directory, return the bytes."""
+    out = []
+    with _tmpdir() as tmp:
         path = os.path.join(tmp, "obj")
-        if fn_save is not None:
-            fn_save(path)
+        for save in savers:
+            save(path)
             with open(path, "rb") as fh:
-                return fh.read()
-        with open(path, "wb") as fh:
-            fh.write(data or b"")
-        return fn_load(path)
+                out.append(fh.read())
+    return out
+
+
+def _seal_load(blobs: list[bytes], loader) -> None:
+    """Write each blob to a private temporary file and call ``loader(i, path)``."""
+    with _tmpdir() as tmp:
+        path = os.path.join(tmp, "obj")
+        for i, blob in enumerate(blobs):
+            with open(path, "wb") as fh:
+                fh.write(blob)
+            loader(i, path)
 
 
 class SeededContext:
@@ -303,7 +319,7 @@ class SeededContext:
         if secret_key is not None:
             sk = seal.SecretKey()
             try:
-                _seal_io(data=secret_key, fn_load=lambda path: sk.load(self.context, path))
+                _seal_load([secret_key], lambda i, path: sk.load(self.context, path))
             except Exception as exc:
                 raise CiphertextRejectedError(f"secret key does not fit the parameters: {exc}") from None
             self._install(sk)
@@ -325,11 +341,11 @@ class SeededContext:
 
     def secret_key_bytes(self) -> bytes:
         assert self._secret is not None
-        return _seal_io(fn_save=self._secret.save)
+        return _seal_save([self._secret.save])[0]
 
     def public_bytes(self) -> bytes:
         """The encryption parameters alone: everything the server needs to add."""
-        return _seal_io(fn_save=self.parms.save)
+        return _seal_save([self.parms.save])[0]
 
 
 class SeededVector:
@@ -484,12 +500,12 @@ def encrypt(ctx, params: CKKSParams, values: np.ndarray) -> bytes:
     if params.encryption == "seeded":
         seal = _seal()
         scale = 2.0**params.scale_bits
-        blobs = []
+        savers = []
         for j in range(k):
             pt = seal.Plaintext()
             ctx.encoder.encode(grid[j * params.slots : (j + 1) * params.slots].tolist(), scale, pt)
-            blobs.append(_seal_io(fn_save=ctx.encryptor.encrypt_symmetric(pt).save))
-        return _pack_blobs(blobs)
+            savers.append(ctx.encryptor.encrypt_symmetric(pt).save)  # seeded: c1 is its PRNG seed
+        return _pack_blobs(_seal_save(savers))
     ts = _ts()
     # column j of a (slots, k) batch is ciphertext j, holding values[j*slots:(j+1)*slots];
     # one ciphertext is a 1-D batch (TenSEAL replicates slot 0 of a (slots, 1) batch)
@@ -511,16 +527,20 @@ def load_ciphertext(ctx, params: CKKSParams, data: bytes, length: int):
         if len(blobs) != k:
             raise CiphertextRejectedError(f"ciphertext rejected on receipt: {len(blobs)} ciphertexts, expected {k}")
         seal = _seal()
-        cts = []
-        for blob in blobs:
-            ct = seal.Ciphertext()
+        cts = [seal.Ciphertext() for _ in blobs]
+
+        def load(i: int, path: str) -> None:
+            ct = cts[i]
             try:
-                _seal_io(data=blob, fn_load=lambda path: ct.load(ctx.context, path))
+                ct.load(ctx.context, path)  # SEAL checks validity for the context
             except Exception as exc:
                 raise CiphertextRejectedError(f"ciphertext rejected on receipt: {exc}") from None
             if ct.size() != 2 or ct.coeff_modulus_size() != 1 or ct.scale != 2.0**params.scale_bits:
-                raise CiphertextRejectedError("ciphertext is not a fresh two-part ciphertext at the agreed scale")
-            cts.append(ct)
+                raise CiphertextRejectedError(
+                    "ciphertext rejected on receipt: not a fresh two-part ciphertext at the agreed scale"
+                )
+
+        _seal_load(blobs, load)
         return SeededVector(ctx, cts)
     ts = _ts()
     try:
@@ -535,7 +555,7 @@ def load_ciphertext(ctx, params: CKKSParams, data: bytes, length: int):
 
 def serialize(tensor) -> bytes:
     if isinstance(tensor, SeededVector):
-        return _pack_blobs([_seal_io(fn_save=ct.save) for ct in tensor.cts])
+        return _pack_blobs(_seal_save([ct.save for ct in tensor.cts]))
     return tensor.serialize()
 
 
