@@ -95,7 +95,8 @@ class FixedPoint:
     def encode(self, values: np.ndarray, rng) -> Encoded:
         """Clip, scale and stochastically round ``values`` (float) into Z_(2^bits).
 
-        ``rng`` is a :class:`~securefl.privacy.noise.SecureRNG`. Non-finite values
+        ``rng`` is a :class:`~securefl.privacy.noise.SecureRNG` (anything with
+        ``bytes(n)``); each coordinate takes 32 random bits. Non-finite values
         are refused (:class:`ProtocolError`); clipped coordinates are counted.
         """
         v = np.asarray(values, dtype=np.float64)
@@ -107,7 +108,9 @@ class FixedPoint:
             v = np.clip(v, -self.bound, self.bound)
         scaled = v * 2.0**self.frac_bits
         low = np.floor(scaled)
-        up = rng.uniform(v.size) < (scaled - low)
+        # 32-bit coins: P(up) = ceil(frac * 2^32) / 2^32, within 2^-32 of the fraction
+        coins = np.frombuffer(rng.bytes(4 * v.size), dtype="<u4")
+        up = coins < (scaled - low) * 2.0**32
         q = low.astype(np.int64) + up
         return Encoded(self.wrap(q), saturated)
 

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import os
 from dataclasses import dataclass
+from functools import lru_cache
 from typing import Iterable, Sequence
 
 from securefl.exceptions import ConfigValueError, ProtocolError
@@ -102,23 +103,42 @@ def _check_points(xs: Iterable[int]) -> None:
         seen.add(x)
 
 
-def _interpolate_at(shares: Sequence[Share], at: int) -> int:
-    total = 0
-    for i, si in enumerate(shares):
+@lru_cache(maxsize=4096)
+def lagrange_coefficients(xs: tuple[int, ...], at: int) -> tuple[int, ...]:
+    """The weights ``l_i`` with ``f(at) = sum l_i * f(x_i)`` for any polynomial of
+    degree below ``len(xs)``. Cached: a server reconstructing many secrets from the
+    same holders computes them once (one modular inversion in all, batched)."""
+    nums, dens = [], []
+    for i, xi in enumerate(xs):
         num, den = 1, 1
-        for j, sj in enumerate(shares):
+        for j, xj in enumerate(xs):
             if i != j:
-                num = num * (at - sj.x) % PRIME
-                den = den * (si.x - sj.x) % PRIME
-        total = (total + si.y * num * pow(den, -1, PRIME)) % PRIME
-    return total
+                num = num * (at - xj) % PRIME
+                den = den * (xi - xj) % PRIME
+        nums.append(num)
+        dens.append(den)
+    # batch inversion (Montgomery's trick): one pow() for all denominators
+    prefix = [1]
+    for d in dens:
+        prefix.append(prefix[-1] * d % PRIME)
+    inv = pow(prefix[-1], -1, PRIME)
+    out = [0] * len(xs)
+    for i in range(len(xs) - 1, -1, -1):
+        out[i] = nums[i] * inv * prefix[i] % PRIME
+        inv = inv * dens[i] % PRIME
+    return tuple(out)
+
+
+def _interpolate_at(shares: Sequence[Share], at: int) -> int:
+    coeffs = lagrange_coefficients(tuple(s.x for s in shares), at)
+    return sum(c * s.y for c, s in zip(coeffs, shares)) % PRIME
 
 
 def combine(shares: Sequence[Share], threshold: int) -> int:
     """The secret (as a field element) from at least ``threshold`` shares.
 
-    Extra shares are checked against the polynomial fixed by the first
-    ``threshold``; a share that does not lie on it raises :class:`ProtocolError`
+    Extra shares are checked against the polynomial fixed by the ``threshold``
+    shares with the smallest points; a share that does not lie on it raises :class:`ProtocolError`
     rather than yielding a wrong secret.
     """
     if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
@@ -126,7 +146,8 @@ def combine(shares: Sequence[Share], threshold: int) -> int:
     if len(shares) < threshold:
         raise ProtocolError(f"{len(shares)} shares cannot reconstruct a {threshold}-of-n secret")
     _check_points(s.x for s in shares)
-    base = list(shares[:threshold])
+    ordered = sorted(shares, key=lambda s: s.x)  # a canonical base set keeps the cache warm
+    base, shares = ordered[:threshold], ordered
     for extra in shares[threshold:]:
         if _interpolate_at(base, extra.x) != extra.y:
             raise ProtocolError(f"share at x={extra.x} is inconsistent with the others")

@@ -205,6 +205,8 @@ class SecAggClient:
         if not isinstance(info, dict):
             raise ProtocolError("GLOBAL_MODEL carries no secure-aggregation parameters")
         st = self._state(info, _SHARED, "masked-input")
+        if header.get("round") != st.round:
+            raise ProtocolError("masking parameters name another round than the global model")
         maskers = id_list(info.get("maskers"), "maskers")
         cts = info.get("ciphertexts")
         if not set(maskers) <= set(st.peers) or not isinstance(cts, dict) or set(cts) != set(maskers):

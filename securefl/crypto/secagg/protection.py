@@ -27,11 +27,15 @@ if TYPE_CHECKING:  # pragma: no cover
 
 def settings_from_config(config: "RunConfig") -> SecAggSettings:
     """The ``secagg_*`` fields of a run. Under client-level DP each update has L2
-    norm at most ``clip`` and weight 1, so that clip bounds every coordinate exactly."""
+    norm at most ``clip`` and weight 1, so that clip bounds every coordinate exactly
+    (with adaptive clipping the clip moves: the larger of it and ``secagg_clip``)."""
     p = config.protection
     client_dp = config.dp.dp == "client"
+    clip = p.secagg_clip
+    if client_dp:
+        clip = max(float(config.dp.clip), p.secagg_clip) if config.dp.adaptive_clip else float(config.dp.clip)
     settings = SecAggSettings(
-        clip=float(config.dp.clip) if client_dp else p.secagg_clip,
+        clip=clip,
         max_weight=1.0 if client_dp else p.secagg_max_weight,
         bits=p.secagg_bits,
         threshold=p.secagg_threshold,
