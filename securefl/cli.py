@@ -135,7 +135,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
 PLUGINS: dict[str, list[str]] = {
     "": [],
     "attack": ["attacks.commands.bench", "attacks.commands.poison"],
-    "audit": ["attacks.commands.audit"],
+    "audit": ["securefl.privacy.audit_budget", "attacks.commands.audit"],
 }
 
 FAMILY_HELP = {
