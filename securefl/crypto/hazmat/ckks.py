@@ -87,7 +87,7 @@ PRESETS: dict[str, Preset] = {
         8192,
         20,
         28,
-        "flooding at 2^28 x the decryption error (about 8.5x float32 bytes) for adversaries who see many decryptions",
+        "flooding at 2^28 x the decryption error (about 7.5x float32 bytes) for adversaries who see many decryptions",
     ),
 }
 
