@@ -152,7 +152,8 @@ class GroundTruth:
 
     images: torch.Tensor
     labels: torch.Tensor
-    all_images: torch.Tensor  #: every image in the round (all clients)
+    all_images: torch.Tensor  #: every image in the round (all clients), target's first
+    all_labels: torch.Tensor
     clipped_fraction: float  #: share of per-example gradients that the clip shrank
 
 
@@ -228,6 +229,7 @@ def run_round(
         images=x0.clone(),
         labels=y0.clone(),
         all_images=torch.cat([x for x, _ in participants]),
+        all_labels=torch.cat([y for _, y in participants]),
         clipped_fraction=float(sum(fractions) / len(fractions)),
     )
     return view, truth

@@ -134,7 +134,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
 #: A family of ``""`` mounts at the top level (``securefl NAME``).
 PLUGINS: dict[str, list[str]] = {
     "": [],
-    "attack": ["attacks.commands.bench", "attacks.commands.poison"],
+    "attack": ["attacks.commands.bench", "attacks.commands.poison", "attacks.commands.invert", "attacks.commands.membership"],
     "audit": ["securefl.privacy.audit_budget", "attacks.commands.audit"],
 }
 
