@@ -166,7 +166,9 @@ def apply_trigger(x: torch.Tensor, *, size: int = 3, value: float = 1.0) -> torc
     if x.ndim == 4:
         x[:, :, -size:, -size:] = pattern
     elif x.ndim == 2:
-        x[:, -size:] = pattern[0, :size] if size <= x.shape[1] else x[:, -size:]
+        if size > x.shape[1]:
+            raise ConfigValueError("trigger_size", size, f"must be <= the {x.shape[1]} features")
+        x[:, -size:] = pattern[0]
     else:
         raise ConfigValueError("trigger", tuple(x.shape), "inputs must be [N, C, H, W] images or [N, F] tables")
     return x

@@ -5,6 +5,11 @@ updates) and ``weights`` (``[K]``, the clients' example counts) and returns one
 ``[d]`` update. They need to see individual updates, so they only apply where the
 server does (``protect='none'``); under a protection the server receives only the
 weighted sum, which is exactly :func:`weighted_mean`.
+
+The robust rules live in :mod:`securefl.aggregation.robust`; their parameters come
+from :class:`~securefl.config.ServerConfig` (:data:`AGGREGATOR_PARAMS`) and
+:func:`make_aggregator` binds them, together with what a rule needs from the server
+(:data:`AGGREGATOR_CONTEXT`).
 """
 
 from __future__ import annotations

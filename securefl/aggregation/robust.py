@@ -23,13 +23,14 @@ label skew honest clients look like outliers too, and the vote-based rules
 from __future__ import annotations
 
 import math
+from typing import Callable
 
 import torch
 
 from securefl.exceptions import AggregationError
 
 #: minimum n as a function of f for each rule that has one (the papers' bounds)
-BYZANTINE_BOUNDS: dict[str, tuple[str, callable]] = {
+BYZANTINE_BOUNDS: dict[str, tuple[str, Callable[[int], int]]] = {
     "median": ("n >= 2f+1", lambda f: 2 * f + 1),
     "trimmed_mean": ("n >= 2f+1", lambda f: 2 * f + 1),
     "krum": ("n >= 2f+3", lambda f: 2 * f + 3),
@@ -154,8 +155,8 @@ def bulyan(updates: torch.Tensor, weights: torch.Tensor, *, byzantine: int = 0) 
         sub = updates[remaining]
         # Krum on the remaining set; with fewer than f+3 left, the nearest-neighbour
         # count n'-f-2 would drop below 1, so fall back to all neighbours
-        f_eff = min(f, len(remaining) - 3) if len(remaining) >= 3 else 0
-        pick = remaining[int(krum_scores(sub, max(f_eff, 0)).argmin())] if len(remaining) > 2 else remaining[0]
+        f_eff = max(0, min(f, len(remaining) - 3))
+        pick = remaining[int(krum_scores(sub, f_eff).argmin())]
         selected.append(pick)
         remaining.remove(pick)
     sel = updates[selected].double()

@@ -85,6 +85,9 @@ def test_trigger_and_backdoor_data():
     t = apply_trigger(x)
     assert t[0, 0, -3:, -3:].tolist() == [[1, 0, 1], [0, 1, 0], [1, 0, 1]]
     assert t[:, :, :5, :].abs().sum() == 0 and x.abs().sum() == 0  # input untouched
+    assert apply_trigger(torch.zeros(2, 5))[1].tolist() == [0, 0, 1, 0, 1]  # tabular: last features
+    with pytest.raises(ConfigValueError):
+        apply_trigger(torch.zeros(2, 2))
     atk = ScalingBackdoor(target=7, poison_fraction=0.5)
     xp, yp = atk.poison_data(torch.rand(10, 1, 8, 8), torch.arange(10) % 3, num_classes=10, rng=rng())
     assert len(xp) == 15 and (yp[10:] == 7).all() and (yp[:10] == torch.arange(10) % 3).all()
