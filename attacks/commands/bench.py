@@ -18,6 +18,7 @@ from securefl.exceptions import ConfigValueError
 #: suite name -> "module:function"
 SUITES: dict[str, str] = {
     "poisoning": "attacks.poisoning_bench:run_suite",
+    "inversion": "attacks.inversion_bench:run_suite",
 }
 
 
