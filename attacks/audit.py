@@ -371,8 +371,10 @@ SCORES: dict[str, tuple[str, ...]] = {"example": ("loss", "gradient"), "client":
 class EmpiricalAuditConfig:
     """Settings of ``securefl audit empirical`` besides the run's own.
 
-    ``kind`` defaults to ``client`` canaries under client-level DP and to
-    ``example`` canaries otherwise; ``score`` to the kind's first score.
+    ``kind`` defaults to ``example`` canaries under sample-level DP (the unit
+    that DP-SGD protects) and to ``client`` canaries otherwise (client-level DP,
+    or no DP, where they give the strongest bound); ``score`` to the kind's
+    first score.
     ``k_pos``/``k_neg`` fix the guess; by default a few sizes are tried with a
     Bonferroni-corrected confidence (see :func:`one_run_audit`).
     """
@@ -399,7 +401,7 @@ class EmpiricalAuditConfig:
             raise ConfigValueError("canary_norm", self.canary_norm, "must be > 0")
 
     def resolved(self, dp: str) -> "EmpiricalAuditConfig":
-        kind = self.kind or ("client" if dp == "client" else "example")
+        kind = self.kind or ("example" if dp == "sample" else "client")
         score = self.score or SCORES[kind][0]
         if score not in SCORES[kind]:
             raise ConfigValueError("score", score, f"{kind} canaries support {', '.join(SCORES[kind])}")

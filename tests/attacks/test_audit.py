@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import math
 
 import mpmath
@@ -187,3 +188,87 @@ def test_two_hypothesis_audit_catches_too_little_noise():
     claimed = A.gaussian_epsilon(1 / 2.0, DELTA)
     res = A.audit_dp_fedavg_round(noise_multiplier=0.2, trials=600, rng=SecureRNG.from_seed(1, "t"))
     assert res.epsilon_lower_bound > claimed + 1.0
+
+
+# ----------------------------------------------------------- federated runs
+def _run(**flat):
+    from securefl.config import RunConfig
+
+    base = {"dataset": "digits", "clients": 4, "rounds": 2, "model": "logreg", "local_epochs": 1.0, "seed": 0}
+    return RunConfig.from_flat({**base, **flat})
+
+
+def test_client_canaries_without_dp_give_a_large_bound(tmp_path):
+    # the MLP has 4,810 parameters: random directions of 200 canaries barely interfere
+    rep = A.run_empirical_audit(
+        _run(dp="none", model="mlp", rounds=1), A.EmpiricalAuditConfig(canaries=200, kind="client"), out_dir=tmp_path
+    )
+    assert rep["canary_kind"] == "client" and rep["score"] == "cosine"
+    assert rep["epsilon_upper_bound"] is None and rep["canaries"] == 200
+    assert rep["correct"] >= rep["guesses"] - 2
+    assert rep["epsilon_lower_bound"] > 2.5
+    on_disk = json.loads((tmp_path / "audit.json").read_text())
+    assert on_disk["epsilon_lower_bound"] == rep["epsilon_lower_bound"]
+    assert (tmp_path / "audit_scores.png").exists()
+
+
+def test_client_canaries_under_client_dp_stay_below_the_accountant(tmp_path):
+    rep = A.run_empirical_audit(
+        _run(dp="client", epsilon=2.0, rounds=2), A.EmpiricalAuditConfig(canaries=200), out_dir=tmp_path
+    )
+    ledger = json.loads((tmp_path / "ledger.json").read_text())
+    assert rep["epsilon_upper_bound"] == ledger["entries"][-1]["epsilon"]["prv"]
+    assert 1.9 < rep["epsilon_upper_bound"] <= 2.0 + 1e-9
+    assert 0.0 <= rep["epsilon_lower_bound"] <= rep["epsilon_upper_bound"] and rep["sound"]
+    assert 0 < rep["epsilon_estimate"] < 6  # the one-shot estimate is near the truth, not a bound
+
+
+def test_inclusion_coins_follow_the_seed():
+    a = A.SecureRNG.from_seed(5, "audit-inclusion").bernoulli(0.5, 64)
+    b = A.SecureRNG.from_seed(5, "audit-inclusion").bernoulli(0.5, 64)
+    c = A.SecureRNG.from_seed(6, "audit-inclusion").bernoulli(0.5, 64)
+    assert (a == b).all() and not (a == c).all()
+
+
+def test_example_canaries_are_mislabelled_and_leave_the_real_data():
+    x = torch.arange(40, dtype=torch.float32).reshape(20, 2)
+    y = torch.arange(20) % 4
+    idx, cx, cy = A.example_canaries(x, y, 8, 4, SecureRNG.from_seed(0, "c"))
+    assert len(set(idx.tolist())) == 8
+    assert torch.equal(cx, x[idx]) and (cy != y[idx]).all()
+
+
+@pytest.mark.parametrize(
+    "kwargs, dp, field",
+    [
+        ({"canaries": 1}, "none", "canaries"),
+        ({"kind": "sample"}, "none", "canary_kind"),
+        ({"kind": "client"}, "sample", "canary_kind"),
+        ({"kind": "client", "score": "loss"}, "client", "score"),
+        ({"confidence": 1.5}, "none", "confidence"),
+        ({"canaries": 10, "k_pos": 8, "k_neg": 5}, "none", "k_pos"),
+    ],
+)
+def test_bad_audit_settings_name_the_field(kwargs, dp, field):
+    with pytest.raises(ConfigValueError) as info:
+        A.EmpiricalAuditConfig(**kwargs).resolved(dp)
+    assert info.value.field == field
+
+
+def test_cli_empirical_writes_the_contract_json(tmp_path, capsys):
+    from securefl import cli
+
+    code = cli.main([
+        "audit", "empirical", "--canaries", "100", "--dp", "none", "--canary-kind", "client", "--dataset", "digits",
+        "--model", "logreg", "--clients", "3", "--rounds", "1", "--local-epochs", "1", "--seed", "2",
+        "--out", str(tmp_path), "--no-progress",
+    ])  # fmt: skip
+    out, err = capsys.readouterr()
+    assert code == 0
+    data = json.loads(out)
+    for key in ("epsilon_lower_bound", "epsilon_upper_bound", "delta", "confidence", "canaries", "guesses", "correct"):
+        assert key in data
+    assert data["canaries"] == 100 and data["confidence"] == 0.95
+    assert "epsilon >=" in err and json.loads((tmp_path / "audit.json").read_text())["correct"] == data["correct"]
+    code = cli.main(["audit", "empirical", "--dp", "sample", "--epsilon", "1", "--canary-kind", "client", "--out", str(tmp_path)])
+    assert code == 2 and "--canary-kind" in capsys.readouterr().err
