@@ -335,3 +335,29 @@ def test_short_ckks_run_matches_plaintext(digits):
     padded = rows[-1]["protection"]["ciphertexts_per_client"] * 1024 / w_enc.numel()
     assert all(r["protection"]["bytes_up_ratio"] <= 6.0 * padded for r in rows)
     assert rows[-1]["protection"]["preset"] == "small-model"
+
+
+class RecordingExchange(Exchange):
+    """An exchange that keeps every byte the server sends or receives."""
+
+    def __init__(self, round_):
+        super().__init__(round_)
+        self.seen = []
+
+    def send(self, client, message, *, method="handle"):
+        reply = super().send(client, message, method=method)
+        self.seen += [message] + ([reply] if reply is not None else [])
+        return reply
+
+
+@pytest.mark.parametrize("encryption", ["symmetric", "seeded"])
+def test_secret_key_never_crosses_the_server_in_the_clear(encryption):
+    settings = settings_for(3, encryption=encryption)
+    server, half, clients = federation([np.zeros(3)] * 3, settings)
+    ex = RecordingExchange(0)
+    half.setup(clients, ex)
+    secrets = [hz.secret_context_bytes(c.protection._context, half.params) for c in clients]
+    assert secrets[0] == secrets[1] == secrets[2]  # one key, serialized deterministically
+    probe = secrets[0][len(secrets[0]) // 2 : len(secrets[0]) // 2 + 64]
+    assert ex.seen and not any(probe in m for m in ex.seen)
+    assert not any(c.protection._mac_key in m for c in clients for m in ex.seen)
