@@ -45,3 +45,12 @@ def test_noniid_table():
 @pytest.mark.parametrize("path", sorted(EXAMPLES.glob("*.py")), ids=lambda p: p.name)
 def test_every_example_has_a_test(path):
     assert path.name in Path(__file__).read_text()
+
+
+def test_secure_aggregation_matches_plaintext():
+    out, _ = _run("secure_aggregation.py")
+    lines = out.strip().splitlines()
+    assert float(lines[0].rsplit(" ", 1)[1]) < 1e-5  # masked FedAvg == plaintext up to rounding
+    assert lines[-1].startswith("with dropout 0.25: accuracy")
+    ratios = [float(line.split()[3]) for line in lines[2:-1] if line.split()[1] != "-"]
+    assert ratios and all(r <= 1.05 for r in ratios)
