@@ -129,6 +129,8 @@ class SecAggServerProtection(ServerProtection):
             "dropouts": len([c for c in exchange.dropped if c in by_id]),
             "saturated": result.saturated,
             "survivors": len(result.survivors),
+            # left out by the protocol: too few live neighbours to share or mask safely
+            "excluded": len(set(server.roster) - set(result.survivors) - set(exchange.dropped) - set(exchange.refused)),
             "threshold": server.threshold,
             "neighbors": len(server.graph[server.roster[0]]),
             "bits": server.codec.bits,
