@@ -153,9 +153,8 @@ class Layout:
 def tag_vectors(mac_key: bytes, round_: int, dim: int) -> np.ndarray:
     """``TAGS`` secret unit vectors of random signs, one set per round, derived
     from the key holders' shared MAC key with HKDF and a ChaCha20 keystream."""
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"securefl-ckks-tag-v1", info=f"round:{round_}".encode()).derive(
-        mac_key
-    )
+    hkdf = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"securefl-ckks-tag-v1", info=f"round:{round_}".encode())
+    key = hkdf.derive(mac_key)
     bits = np.unpackbits(np.frombuffer(SecureRNG(key).bytes((TAGS * dim + 7) // 8), dtype=np.uint8))[: TAGS * dim]
     return (bits.astype(np.float64) * 2.0 - 1.0).reshape(TAGS, dim) / math.sqrt(dim)
 
@@ -319,7 +318,8 @@ class CKKSClient(ClientProtection):
     def _check_settings(self, header: dict[str, Any]) -> None:
         if header.get("settings") != self.settings.settings_id:
             raise ProtocolError(
-                f"server announces CKKS settings {header.get('settings')!r}, this client uses {self.settings.settings_id!r}"
+                f"server announces CKKS settings {header.get('settings')!r}, "
+                f"this client uses {self.settings.settings_id!r}"
             )
 
     def _hello(self, msg: wire.Message) -> bytes:
@@ -342,7 +342,12 @@ class CKKSClient(ClientProtection):
             if peer == self.client_id:
                 continue
             parts[f"to:{peer}"] = seal_key_package(
-                self._x25519, _unb64(pk, f"public key of {peer}"), self.client_id, str(peer), self.settings.settings_id, package
+                self._x25519,
+                _unb64(pk, f"public key of {peer}"),
+                self.client_id,
+                str(peer),
+                self.settings.settings_id,
+                package,
             )
         self._install(ctx, mac_key, fingerprint)
         offsets, payload = _pack(parts)
@@ -478,7 +483,8 @@ class CKKSServer(ServerProtection):
         by_id = {c.client_id: c for c in clients}
         peers = {cid: _b64(pk) for cid, pk in adverts.items()}
         for generator in list(adverts):
-            reply = exchange.send(by_id[generator], wire.encode(wire.Kind.CKKS_KEYGEN, {"settings": sid, "peers": peers}))
+            keygen = wire.encode(wire.Kind.CKKS_KEYGEN, {"settings": sid, "peers": peers})
+            reply = exchange.send(by_id[generator], keygen)
             if reply is not None:
                 break
         else:
@@ -499,7 +505,12 @@ class CKKSServer(ServerProtection):
                 continue
             delivery = wire.encode(
                 wire.Kind.CKKS_KEY_DELIVERY,
-                {"settings": sid, "generator": generator, "generator_key": peers[generator], "fingerprint": fingerprint},
+                {
+                    "settings": sid,
+                    "generator": generator,
+                    "generator_key": peers[generator],
+                    "fingerprint": fingerprint,
+                },
                 _unpack(offsets, msg.payload, f"to:{cid}"),
             )
             ack = exchange.send(by_id[cid], delivery)

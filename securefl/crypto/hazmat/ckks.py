@@ -128,7 +128,8 @@ class CKKSParams:
             raise CKKSParameterError(
                 "ckks_coeff_mod_bit_sizes",
                 list(self.coeff_mod_bit_sizes),
-                f"addition-only aggregation uses one data prime and one special prime, each of 2..{MAX_PRIME_BITS} bits",
+                "addition-only aggregation uses one data prime and one special prime, "
+                f"each of 2..{MAX_PRIME_BITS} bits",
             )
         if self.encryption not in ENCRYPTIONS:
             raise CKKSParameterError("ckks_encryption", self.encryption, f"must be one of {', '.join(ENCRYPTIONS)}")
@@ -163,9 +164,8 @@ class CKKSParams:
         rounding error ~ sqrt((1 + 2N/3)/12) per coefficient instead. Errors of
         independent ciphertexts add in variance. Measured within 5% of this model.
         """
-        n = self.poly_modulus_degree
-        per_coeff = ERROR_STD if self.encryption in _SECRET_KEY_ENCRYPTIONS else math.sqrt((1 + 2 * n / 3) / 12 + ERROR_STD**2)
-        return per_coeff * math.sqrt(n / 2) * math.sqrt(max(1, summands)) / 2.0**self.scale_bits
+        unit = _error_unit(self.poly_modulus_degree, self.encryption)
+        return unit * math.sqrt(max(1, summands)) / 2.0**self.scale_bits
 
     def flood_std(self, summands: int) -> float:
         """Noise-flooding standard deviation for a decryption of ``summands`` ciphertexts."""
@@ -224,7 +224,8 @@ def derive_params(
     if not (isinstance(max_error, (int, float)) and math.isfinite(max_error) and max_error > 0):
         raise CKKSParameterError("ckks_max_error", max_error, "must be a positive number")
     # error scales as 2^-s: solve max_error(s) <= target for the integer s
-    unit = TAIL * math.hypot(2.0**preset.flood_bits, 1.0) * _error_unit(preset, encryption) * math.sqrt(max_summands)
+    per_slot = _error_unit(preset.poly_modulus_degree, encryption) * math.sqrt(max_summands)
+    unit = TAIL * math.hypot(2.0**preset.flood_bits, 1.0) * per_slot
     scale_bits = max(MIN_SCALE_BITS, math.ceil(math.log2(unit / max_error)))
     q0 = scale_bits + headroom_bits(max_summands)
     budget = min(MAX_PRIME_BITS, HE_STANDARD_128[preset.poly_modulus_degree] - preset.special_prime_bits)
@@ -247,9 +248,12 @@ def derive_params(
     )
 
 
-def _error_unit(preset: Preset, encryption: str) -> float:
-    n = preset.poly_modulus_degree
-    per_coeff = ERROR_STD if encryption in _SECRET_KEY_ENCRYPTIONS else math.sqrt((1 + 2 * n / 3) / 12 + ERROR_STD**2)
+def _error_unit(n: int, encryption: str) -> float:
+    """Std of one decrypted slot of one fresh ciphertext, in units of the scale."""
+    if encryption in _SECRET_KEY_ENCRYPTIONS:
+        per_coeff = ERROR_STD
+    else:
+        per_coeff = math.sqrt((1 + 2 * n / 3) / 12 + ERROR_STD**2)
     return per_coeff * math.sqrt(n / 2)
 
 
