@@ -52,9 +52,11 @@ DEFENSES: dict[str, dict[str, Any]] = {
     "bulyan": {"aggregator": "bulyan"},
     "centered_clip": {"aggregator": "centered_clipping"},
     "norm_bound": {"aggregator": "norm_bound"},
-    "norm_bound_0.2": {"aggregator": "norm_bound", "clip_radius": 0.2},
     "fltrust": {"aggregator": "fltrust"},
-    "dp_z1_S0.2": {"aggregator": "mean", "dp": "client", "noise_multiplier": 1.0, "clip": 0.2},
+    # client-level DP (DP-FedAvg): server-enforced clip S = 0.2, noise z; epsilon over
+    # 20 rounds at delta 1e-5 is about 11.5 (z = 2) and 7.0 (z = 3)
+    "dp_z2": {"aggregator": "mean", "dp": "client", "noise_multiplier": 2.0, "clip": 0.2},
+    "dp_z3": {"aggregator": "mean", "dp": "client", "noise_multiplier": 3.0, "clip": 0.2},
 }
 
 BASE: dict[str, Any] = {
@@ -140,6 +142,14 @@ def _verdict(row: dict[str, Any], attack: str) -> str:
     return "broken" if asr > limit else "holds"
 
 
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process and its finished worker processes."""
+    import resource
+
+    own, kids = resource.getrusage(resource.RUSAGE_SELF), resource.getrusage(resource.RUSAGE_CHILDREN)
+    return own.ru_utime + own.ru_stime + kids.ru_utime + kids.ru_stime
+
+
 def run_suite(*, seeds: int, out: Path, progress: bool = True, quick: bool = False, workers: int | None = None) -> dict[str, Any]:
     """Run the matrix over ``seeds`` seeds and write the tables and plots under ``out``."""
     from tqdm import tqdm
@@ -152,7 +162,7 @@ def run_suite(*, seeds: int, out: Path, progress: bool = True, quick: bool = Fal
         for s in range(seeds) for d in defenses for a in attacks
     ]
     workers = workers or min(len(tasks), max(1, os.cpu_count() or 1))
-    t0 = time.perf_counter()
+    t0, cpu0 = time.perf_counter(), _cpu_seconds()
     rows: list[dict[str, Any]] = []
     bar = tqdm(total=len(tasks), unit="run", disable=not progress, file=sys.stderr, dynamic_ncols=True)
     try:
@@ -170,6 +180,7 @@ def run_suite(*, seeds: int, out: Path, progress: bool = True, quick: bool = Fal
     finally:
         bar.close()
     wall = time.perf_counter() - t0
+    cpu = _cpu_seconds() - cpu0
     order = {(t["attack"], t["defense"], t["seed"]): i for i, t in enumerate(tasks)}
     rows.sort(key=lambda r: order[(r["attack"], r["defense"], r["seed"])])
     _add_success(rows)
@@ -197,7 +208,8 @@ def run_suite(*, seeds: int, out: Path, progress: bool = True, quick: bool = Fal
     md = [
         "# Poisoning benchmark",
         "",
-        f"Setting: {setting}. Wall time {wall:.0f} s with {workers} worker(s).",
+        f"Setting: {setting}. {len(rows)} runs: wall time {wall:.0f} s with {workers} worker(s), "
+        f"{cpu:.0f} CPU-seconds in all.",
         "",
         "## Main-task accuracy",
         "",
@@ -223,12 +235,14 @@ def run_suite(*, seeds: int, out: Path, progress: bool = True, quick: bool = Fal
         "setting": {"base": base, "malicious_fraction": MALICIOUS_FRACTION, "knowledge": KNOWLEDGE,
                     "attacks": {a: ATTACK_GRID[a] for a in attacks}, "defenses": {d: DEFENSES[d] for d in defenses}},
         "wall_seconds": wall,
+        "cpu_seconds": cpu,
         "workers": workers,
         "runs": rows,
         "matrix": summary,
         "summary": {
             "runs": len(rows),
             "wall_seconds": round(wall, 1),
+            "cpu_seconds": round(cpu, 1),
             "out": str(out),
             "main_accuracy": {a: dict(zip(defenses, row)) for a, row in zip(attacks, acc[2])},
             "attack_success_rate": {a: dict(zip(defenses, row)) for a, row in zip(attacks, asr[2])},
