@@ -386,6 +386,7 @@ class EmpiricalAuditConfig:
     k_pos: int | None = None
     k_neg: int = 0
     canary_norm: float | None = None
+    canary_data: str = "mislabelled"
 
     def __post_init__(self) -> None:
         if isinstance(self.canaries, bool) or not isinstance(self.canaries, int) or self.canaries < 2:
@@ -397,6 +398,8 @@ class EmpiricalAuditConfig:
         _check_level("confidence", self.confidence, closed_low=False)
         if self.k_pos is not None and not 1 <= self.k_pos + self.k_neg <= self.canaries:
             raise ConfigValueError("k_pos", self.k_pos, f"k_pos + k_neg must be in [1, {self.canaries}]")
+        if self.canary_data not in CANARY_DATA:
+            raise ConfigValueError("canary_data", self.canary_data, f"must be one of {', '.join(CANARY_DATA)}")
         if self.canary_norm is not None and not self.canary_norm > 0:
             raise ConfigValueError("canary_norm", self.canary_norm, "must be > 0")
 
@@ -426,6 +429,27 @@ def example_canaries(
     shift = np.array([1 + rng.below(num_classes - 1) for _ in range(m)])
     labels = (y_pool[idx].numpy() + shift) % num_classes
     return idx, x_pool[idx].clone(), torch.as_tensor(labels, dtype=torch.long)
+
+
+def noise_canaries(
+    x_pool: torch.Tensor, y_pool: torch.Tensor, m: int, num_classes: int, rng: SecureRNG
+) -> tuple[np.ndarray, torch.Tensor, torch.Tensor]:
+    """``m`` out-of-distribution examples: uniform noise over the data's value
+    range with a uniformly random label. No real example is taken out."""
+    if num_classes < 2:
+        raise ConfigValueError("dataset", "regression", "example canaries need a classification dataset")
+    lo, hi = float(x_pool.min()), float(x_pool.max())
+    u = torch.from_numpy(rng.uniform(m * int(np.prod(x_pool.shape[1:])))).to(x_pool.dtype)
+    x = (lo + (hi - lo) * u).reshape(m, *x_pool.shape[1:])
+    labels = torch.as_tensor([rng.below(num_classes) for _ in range(m)], dtype=torch.long)
+    return np.array([], dtype=np.int64), x, labels
+
+
+#: how example canaries are made: name -> fn(x_pool, y_pool, m, classes, rng) -> (pool indices used, x, y)
+CANARY_DATA: dict[str, Callable[..., tuple[np.ndarray, torch.Tensor, torch.Tensor]]] = {
+    "mislabelled": example_canaries,
+    "noise": noise_canaries,
+}
 
 
 def random_directions(m: int, dim: int, rng: SecureRNG) -> torch.Tensor:
@@ -555,7 +579,7 @@ def run_empirical_audit(
     x_pool, y_pool = data.x_train, data.y_train
     keep = np.arange(len(x_pool))
     if audit.kind == "example":
-        used, cx, cy = example_canaries(x_pool, y_pool, m, data.num_classes, content)
+        used, cx, cy = CANARY_DATA[audit.canary_data](x_pool, y_pool, m, data.num_classes, content)
         keep = np.setdiff1d(keep, used)
     x_real, y_real = x_pool[keep], y_pool[keep]
     parts = partition(y_real, run.clients, method=run.partition, seed=run.seed, alpha=run.alpha,
@@ -627,6 +651,7 @@ def run_empirical_audit(
         "dp": run.dp.dp,
         "canary_kind": audit.kind,
         "score": audit.score,
+        "canary_data": audit.canary_data if audit.kind == "example" else None,
         "included": int(included.sum()),
         "accuracy": accuracy,
         "sound": upper is None or result.epsilon_lower_bound <= upper,
