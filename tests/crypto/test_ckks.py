@@ -362,3 +362,19 @@ def test_secret_key_never_crosses_the_server_in_the_clear(encryption):
     probe = secrets[0][len(secrets[0]) // 2 : len(secrets[0]) // 2 + 64]
     assert ex.seen and not any(probe in m for m in ex.seen)
     assert not any(c.protection._mac_key in m for c in clients for m in ex.seen)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("encryption", ["symmetric", "seeded"])
+def test_digits_30_rounds_ckks_within_half_a_point_of_plaintext(digits, encryption):
+    """The issue's acceptance run: 10 clients, 30 rounds, seed 0 (several minutes)."""
+    from securefl.simulation import Simulation
+
+    base = {"dataset": "digits", "clients": 10, "rounds": 30, "seed": 0}
+    plain = Simulation(RunConfig.from_flat({**base, "protect": "none"}), data=digits).run()
+    enc = Simulation(
+        RunConfig.from_flat({**base, "protect": "ckks", "ckks_encryption": encryption}), data=digits
+    ).run()
+    assert abs(plain.metrics["final"]["accuracy"] - enc.metrics["final"]["accuracy"]) <= 0.005
+    assert all(r["aborted"] is None for r in enc.metrics["rounds"])
+    assert all(r["protection"]["bytes_up_ratio"] <= 6.0 for r in enc.metrics["rounds"])
