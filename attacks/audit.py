@@ -18,9 +18,10 @@ Three audits are offered:
   ``f(v) + 2 m delta max_i (f(v - i) - f(v)) / i`` with
   ``f(v) = P[Binomial(r, e^eps / (1 + e^eps)) >= v]``; the lower bound is the
   smallest epsilon that this p-value does not reject at the confidence.
-* **Canary kinds**: *example* canaries (mislabelled digits inserted into the
-  clients' data; scored black-box by their loss under the final model or white-box
-  by the alignment of every round's global step with the canary's gradient), and
+* **Canary kinds**: *example* canaries (uniform-noise images with random labels,
+  or mislabelled training digits, inserted into the clients' data; scored
+  black-box by their loss under the final model or white-box by the alignment of
+  every round's global step with the canary's gradient), and
   *client* canaries (clients whose update is a fixed random unit direction, scored
   by the cosine between the direction and the final model delta: Andrew, Kairouz,
   Oh, Oprea, McMahan and Suriyakumar, "One-shot Empirical Privacy Estimation for
@@ -377,6 +378,9 @@ class EmpiricalAuditConfig:
     first score.
     ``k_pos``/``k_neg`` fix the guess; by default a few sizes are tried with a
     Bonferroni-corrected confidence (see :func:`one_run_audit`).
+    ``canary_data`` names how example canaries are made (:data:`CANARY_DATA`);
+    ``canary_norm`` is the update norm of client canaries when there is no
+    client-level clip to follow.
     """
 
     canaries: int = 1000
@@ -386,7 +390,7 @@ class EmpiricalAuditConfig:
     k_pos: int | None = None
     k_neg: int = 0
     canary_norm: float | None = None
-    canary_data: str = "mislabelled"
+    canary_data: str = "noise"
 
     def __post_init__(self) -> None:
         if isinstance(self.canaries, bool) or not isinstance(self.canaries, int) or self.canaries < 2:

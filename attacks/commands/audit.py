@@ -64,7 +64,7 @@ def register(subparsers) -> None:
     g = p.add_argument_group("audit")
     g.add_argument("--canaries", type=int, default=1000, help="canaries m, each included with probability 1/2 (1000)")
     g.add_argument("--canary-kind", default=None, help="example | client (example under --dp sample, else client)")
-    g.add_argument("--canary-data", default="mislabelled", help="example canaries: mislabelled | noise (mislabelled)")
+    g.add_argument("--canary-data", default="noise", help="example canaries: noise | mislabelled (noise)")
     g.add_argument("--score", default=None, help="example: loss | gradient; client: cosine")
     g.add_argument("--confidence", type=float, default=0.95, help="confidence of the lower bound (0.95)")
     g.add_argument("--k-pos", type=int, default=None, help="fixed guess: 'in' for the k highest scores")

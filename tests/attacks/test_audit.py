@@ -198,27 +198,15 @@ def _run(**flat):
     return RunConfig.from_flat({**base, **flat})
 
 
-def test_client_canaries_without_dp_give_a_large_bound(tmp_path):
-    # the MLP has 4,810 parameters: random directions of 200 canaries barely interfere
-    rep = A.run_empirical_audit(
-        _run(dp="none", model="mlp", rounds=1), A.EmpiricalAuditConfig(canaries=200, kind="client"), out_dir=tmp_path
-    )
-    assert rep["canary_kind"] == "client" and rep["score"] == "cosine"
-    assert rep["epsilon_upper_bound"] is None and rep["canaries"] == 200
-    assert rep["correct"] >= rep["guesses"] - 2
-    assert rep["epsilon_lower_bound"] > 2.5
-    on_disk = json.loads((tmp_path / "audit.json").read_text())
-    assert on_disk["epsilon_lower_bound"] == rep["epsilon_lower_bound"]
-    assert (tmp_path / "audit_scores.png").exists()
-
-
 def test_client_canaries_under_client_dp_stay_below_the_accountant(tmp_path):
+    # z = 2.8 over 2 full-participation rounds: epsilon 2.03 (no noise-multiplier search)
     rep = A.run_empirical_audit(
-        _run(dp="client", epsilon=2.0, rounds=2), A.EmpiricalAuditConfig(canaries=200), out_dir=tmp_path
+        _run(dp="client", noise_multiplier=2.8, rounds=2), A.EmpiricalAuditConfig(canaries=200), out_dir=tmp_path
     )
     ledger = json.loads((tmp_path / "ledger.json").read_text())
     assert rep["epsilon_upper_bound"] == ledger["entries"][-1]["epsilon"]["prv"]
-    assert 1.9 < rep["epsilon_upper_bound"] <= 2.0 + 1e-9
+    assert rep["epsilon_upper_bound"] == pytest.approx(accounting.prv_epsilon(((2.8, 1.0, 2),), DELTA)[2])
+    assert [e["subject"] for e in ledger["entries"]] == ["federation", "federation"]
     assert 0.0 <= rep["epsilon_lower_bound"] <= rep["epsilon_upper_bound"] and rep["sound"]
     assert 0 < rep["epsilon_estimate"] < 6  # the one-shot estimate is near the truth, not a bound
 
@@ -255,12 +243,13 @@ def test_bad_audit_settings_name_the_field(kwargs, dp, field):
     assert info.value.field == field
 
 
-def test_cli_empirical_writes_the_contract_json(tmp_path, capsys):
+def test_cli_without_dp_gives_a_large_bound_and_the_contract_json(tmp_path, capsys):
     from securefl import cli
 
+    # the MLP has 4,810 parameters: the random directions of 200 canaries barely interfere
     code = cli.main([
-        "audit", "empirical", "--canaries", "100", "--dp", "none", "--canary-kind", "client", "--dataset", "digits",
-        "--model", "logreg", "--clients", "3", "--rounds", "1", "--local-epochs", "1", "--seed", "2",
+        "audit", "empirical", "--canaries", "200", "--dp", "none", "--dataset", "digits", "--model", "mlp",
+        "--clients", "3", "--rounds", "1", "--local-epochs", "1", "--seed", "2",
         "--out", str(tmp_path), "--no-progress",
     ])  # fmt: skip
     out, err = capsys.readouterr()
@@ -268,7 +257,11 @@ def test_cli_empirical_writes_the_contract_json(tmp_path, capsys):
     data = json.loads(out)
     for key in ("epsilon_lower_bound", "epsilon_upper_bound", "delta", "confidence", "canaries", "guesses", "correct"):
         assert key in data
-    assert data["canaries"] == 100 and data["confidence"] == 0.95
+    assert data["canaries"] == 200 and data["confidence"] == 0.95 and data["canary_kind"] == "client"
+    assert data["epsilon_upper_bound"] is None
+    assert data["correct"] >= data["guesses"] - 2
+    assert data["epsilon_lower_bound"] > 2.5
     assert "epsilon >=" in err and json.loads((tmp_path / "audit.json").read_text())["correct"] == data["correct"]
+    assert (tmp_path / "audit_scores.png").read_bytes()[:4] == b"\x89PNG"
     code = cli.main(["audit", "empirical", "--dp", "sample", "--epsilon", "1", "--canary-kind", "client", "--out", str(tmp_path)])
     assert code == 2 and "--canary-kind" in capsys.readouterr().err
