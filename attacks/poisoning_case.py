@@ -149,6 +149,9 @@ class MaliciousClient:
         msg = wire.decode(message, expect=wire.Kind.GLOBAL_MODEL)
         dim, round_ = int(msg.header["dim"]), int(msg.header["round"])
         weights = wire.bytes_to_vector(msg.payload, dim)
+        begin = getattr(self.engine.protection, "begin", None)
+        if begin is not None:  # the protection's round parameters (e.g. secagg's masking set)
+            begin(msg.header)
         update, loss = self.coalition.update_for(self.client_id, weights, round_, self.participants)
         header = {"round": round_, "client": self.client_id, "dim": dim, "loss": loss, "steps": self.engine.local_steps, "epsilon": None}
         if msg.header.get("client_clip") is not None:

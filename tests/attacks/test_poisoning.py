@@ -257,3 +257,17 @@ def test_bench_quick_writes_tables_and_plots(tmp_path):
     assert res["summary"]["attack_success_rate"]["backdoor"]["mean"] > 0.8
     md = (tmp_path / "poisoning.md").read_text()
     assert "| **ipm_100** |" in md and "broken" in md
+
+
+def test_malicious_clients_speak_secagg():
+    """Under secure aggregation the coalition still submits through the protocol and
+    the server, which sees only the sum, cannot filter it."""
+    from securefl.protect import PROTECTIONS
+
+    if "secagg" not in PROTECTIONS:
+        pytest.skip("secagg not registered")
+    cfg = _cfg(rounds=2, protect="secagg")
+    clean = run_federation(cfg, make_attack("none"), PoisonCase(0.2))
+    attacked = run_federation(cfg, make_attack("ipm", {"epsilon": 100}), PoisonCase(0.2))
+    assert clean["aborted_rounds"] == 0 and attacked["aborted_rounds"] == 0
+    assert attacked["main_accuracy"] < clean["main_accuracy"] - 0.3
