@@ -252,7 +252,6 @@ class ProtectConfig:
     def __post_init__(self) -> None:
         self._check_ckks()
         self._check_secagg()
-        pass
 
 
 @dataclass(frozen=True)
