@@ -181,3 +181,25 @@ def test_malicious_option_rejects_forged_keys_and_unsigned_survivor_lists():
     with pytest.raises(ProtocolError, match="signatures"):
         by2["c00"].handle(wire.encode(req.kind, {**req.header, "signatures": {}}))
     assert by2["c00"].handle(core2.unmask_request("c00"))
+
+
+def test_malicious_option_detects_equivocation_about_survivors():
+    """The server claims c01 dropped (to get its key share) although c01's masked
+    input is in the survivor set everyone signed: the client refuses."""
+    s = SecAggSettings(threshold=0.7, malicious=True)
+    clients, server = federation(s, [np.zeros(DIM) for _ in range(5)])
+    from securefl.crypto.secagg.server import SecAggServer
+    from securefl.privacy.noise import SecureRNG
+
+    core = SecAggServer(1, [c.client_id for c in clients], settings=s, rng=SecureRNG(), directory=server.directory)
+    by = {c.client_id: c for c in clients}
+    core.collect_keys({u: by[u].handle(core.advertise_request(u)) for u in core.roster})
+    core.collect_shares({u: by[u].handle(core.share_request(u)) for u in core.roster})
+    core.collect_masked({u: by[u].fit(core.masking_message(u, global_model(1, DIM))) for u in core.roster}, DIM)
+    core.collect_signatures({u: by[u].handle(core.consistency_request(u)) for u in core.roster})
+    honest = wire.decode(core.unmask_request("c00"))
+    lie = {**honest.header, "survivors": [v for v in honest.header["survivors"] if v != "c01"], "dropped": ["c01"]}
+    with pytest.raises(ProtocolError, match="signed"):
+        by["c00"].handle(wire.encode(honest.kind, lie))
+    reply = wire.decode(by["c00"].handle(core.unmask_request("c00")))
+    assert set(reply.header["b"]) == set(core.roster) and reply.header["sk"] == {}
