@@ -96,7 +96,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--secagg-max-weight", type=float, default=S, help="bound on a client's sample count n_k (4096)")
     g.add_argument("--secagg-bits", type=int, default=S, help="ring Z_(2^bits): 32 | 64 (32)")
     g.add_argument("--secagg-threshold", type=float, default=S, help="fraction of share holders needed to unmask (0.6)")
-    g.add_argument("--secagg-neighbors", type=int, default=S, help="0 = all clients; even k = SecAgg+ graph degree (0)")
+    g.add_argument("--secagg-neighbors", type=int, default=S, help="0 = all clients; even k = SecAgg+ graph degree; -1 = SecAgg+ with k about 2 log2 n (0)")
     g.add_argument("--secagg-malicious", action="store_const", const=True, default=S, help="signed keys + consistency check")
     g = p.add_argument_group("local training")
     g.add_argument("--local-epochs", type=float, default=S)

@@ -234,7 +234,7 @@ class ProtectConfig:
     secagg_max_weight: float = 4096.0  #: bound on a client's weight n_k
     secagg_bits: int = 32  #: ring Z_(2^bits): 32 or 64
     secagg_threshold: float = 0.6  #: fraction of share holders needed to unmask, in (0.5, 1]
-    secagg_neighbors: int = 0  #: 0 = complete graph; even k = SecAgg+ with k neighbours
+    secagg_neighbors: int = 0  #: 0 = complete graph; even k = SecAgg+ with k neighbours; -1 = k ~ 2 log2 n
     secagg_malicious: bool = False  #: signed keys + consistency check (malicious server)
 
     def _check_secagg(self) -> None:

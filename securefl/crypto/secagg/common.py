@@ -11,7 +11,7 @@ from dataclasses import dataclass
 from typing import Any, Iterable
 
 from securefl.crypto.quantize import FixedPoint
-from securefl.crypto.secagg.graph import share_threshold
+from securefl.crypto.secagg.graph import recommended_neighbors, share_threshold
 from securefl.exceptions import ConfigTypeError, ConfigValueError, ProtocolError
 
 
@@ -25,7 +25,8 @@ class SecAggSettings:
         max_weight: bound on a client's weight n_k (its sample count).
         bits: ring Z_(2^bits), 32 or 64.
         threshold: fraction of a secret's share holders needed to reconstruct it.
-        neighbors: 0 for the complete graph (Bonawitz et al.); an even k for SecAgg+.
+        neighbors: 0 for the complete graph (Bonawitz et al.); an even k for SecAgg+;
+            -1 for SecAgg+ with k = O(log n) chosen per round (about 2 log2 n).
         malicious: Ed25519-signed keys and a consistency check against a malicious server.
     """
 
@@ -53,8 +54,10 @@ class SecAggSettings:
             raise ConfigValueError("secagg_threshold", self.threshold, "must be in (0.5, 1]")
         if isinstance(self.neighbors, bool) or not isinstance(self.neighbors, int):
             raise ConfigTypeError("secagg_neighbors", self.neighbors, "must be an integer")
-        if self.neighbors < 0 or (self.neighbors and (self.neighbors < 2 or self.neighbors % 2)):
-            raise ConfigValueError("secagg_neighbors", self.neighbors, "must be 0 (complete graph) or an even number >= 2")
+        if self.neighbors < -1 or (self.neighbors > 0 and (self.neighbors < 2 or self.neighbors % 2)):
+            raise ConfigValueError(
+                "secagg_neighbors", self.neighbors, "must be 0 (complete graph), -1 (auto, O(log n)) or an even number >= 2"
+            )
         if not isinstance(self.malicious, bool):
             raise ConfigTypeError("secagg_malicious", self.malicious, "must be true or false")
         if self.malicious and self.threshold <= 2 / 3:
@@ -72,9 +75,10 @@ class SecAggSettings:
 
     def degree(self, clients: int) -> int:
         """Neighbours of each client in a round of ``clients``."""
-        if self.neighbors == 0 or self.neighbors >= clients - 1:
+        k = recommended_neighbors(clients) if self.neighbors == -1 else self.neighbors
+        if k == 0 or k >= clients - 1:
             return clients - 1
-        return self.neighbors
+        return k
 
     def threshold_for(self, clients: int) -> int:
         """Shares needed per secret: each is held by the client and its neighbours."""

@@ -68,7 +68,8 @@ class SecAggServer:
         if n < 2 or n < self.threshold:
             raise SecAggAbortError(len(roster), self.threshold, "advertise")
         self.codec = settings.codec(n)
-        self.graph = build_graph(self.roster, settings.degree(n) if settings.neighbors else 0, rng)
+        degree = settings.degree(n)
+        self.graph = build_graph(self.roster, 0 if degree == n - 1 else degree, rng)
         self.directory = dict(directory or {})
         if settings.malicious and set(self.roster) - set(self.directory):
             raise ProtocolError("malicious-server option: some clients have no registered identity key")

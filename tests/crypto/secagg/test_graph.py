@@ -33,3 +33,13 @@ def test_thresholds_and_recommended_degree():
     assert share_threshold(2, 0.51) == 2 and share_threshold(3, 1.0) == 3
     assert recommended_neighbors(1000) == 20 and recommended_neighbors(100) == 14
     assert recommended_neighbors(5) % 2 == 0 and recommended_neighbors(5) < 5
+
+
+def test_auto_degree_is_logarithmic():
+    from securefl.crypto.secagg.common import SecAggSettings
+
+    s = SecAggSettings(neighbors=-1)
+    assert s.degree(1000) == 20 and s.degree(100) == 14 and s.degree(5) == 4 and s.degree(3) == 2
+    assert s.threshold_for(1000) == 13  # relative to the k + 1 holders, not to n
+    with pytest.raises(ConfigValueError, match="secagg_neighbors"):
+        SecAggSettings(neighbors=-2)
