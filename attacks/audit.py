@@ -44,7 +44,7 @@ under other contexts. The DP noise of the run is the library's own secure noise
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
@@ -507,46 +507,65 @@ def _per_example_grads(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor)
     return torch.cat([g[k].reshape(len(x), -1) for k in params], dim=1)
 
 
-@dataclass
-class _Scorer:
-    """Accumulates canary scores over rounds (white-box) or at the end."""
+class CanaryScorer:
+    """Black-box or final-model scores: loss of example canaries, or cosine of
+    client-canary directions with the final model delta (Andrew et al. 2024).
+    Higher scores mean "more likely included"."""
 
-    kind: str
-    score: str
-    model: torch.nn.Module
-    x: torch.Tensor | None = None
-    y: torch.Tensor | None = None
-    directions: torch.Tensor | None = None
-    start: torch.Tensor | None = None
-    total: torch.Tensor | None = None
-    history: list[float] = field(default_factory=list)
+    def __init__(self, score: str, model: torch.nn.Module, start: torch.Tensor, *, x: torch.Tensor | None = None,
+                 y: torch.Tensor | None = None, directions: torch.Tensor | None = None) -> None:
+        self.score, self.model, self.start = score, model, start
+        self.x, self.y, self.directions = x, y, directions
 
     def before_round(self, weights: torch.Tensor) -> None:
-        if self.score == "gradient":
-            from securefl.models import set_flat
-
-            set_flat(self.model, weights)
-            g = _per_example_grads(self.model, self.x, self.y)
-            self._unit = -g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
-            self._prev = weights.clone()
+        """Called with the global model a round starts from."""
 
     def after_round(self, weights: torch.Tensor) -> None:
-        if self.score == "gradient":
-            step = self._unit @ (weights - self._prev)
-            self.total = step if self.total is None else self.total + step
+        """Called with the global model the round produced."""
 
     @torch.no_grad()
     def final(self, weights: torch.Tensor) -> np.ndarray:
         from securefl.models import set_flat
 
-        if self.score == "gradient":
-            return self.total.double().numpy()
-        if self.score == "loss":
-            set_flat(self.model, weights)
-            self.model.eval()
-            return -F.cross_entropy(self.model(self.x), self.y, reduction="none").double().numpy()
-        delta = (weights - self.start).double()
-        return (self.directions.double() @ delta / max(float(delta.norm()), 1e-300)).numpy()
+        if self.directions is not None:
+            delta = (weights - self.start).double()
+            return (self.directions.double() @ delta / max(float(delta.norm()), 1e-300)).numpy()
+        set_flat(self.model, weights)
+        self.model.eval()
+        return -F.cross_entropy(self.model(self.x), self.y, reduction="none").double().numpy()
+
+
+class GradientAlignmentScorer(CanaryScorer):
+    """White-box score of example canaries: the sum over rounds of the cosine
+    between the global step and the canary's negative loss gradient at the
+    round's starting model (the per-round view of gradient-alignment audits,
+    Nasr et al. 2021; Steinke et al. 2023)."""
+
+    def __init__(self, score: str, model: torch.nn.Module, start: torch.Tensor, **kw: Any) -> None:
+        super().__init__(score, model, start, **kw)
+        self.total = torch.zeros(len(self.x), dtype=torch.float64)
+
+    def before_round(self, weights: torch.Tensor) -> None:
+        from securefl.models import set_flat
+
+        set_flat(self.model, weights)
+        g = _per_example_grads(self.model, self.x, self.y)
+        self._unit = -g / g.norm(dim=1, keepdim=True).clamp_min(1e-12)
+        self._prev = weights.clone()
+
+    def after_round(self, weights: torch.Tensor) -> None:
+        self.total += (self._unit @ (weights - self._prev)).double()
+
+    def final(self, weights: torch.Tensor) -> np.ndarray:
+        return self.total.numpy().copy()
+
+
+#: score name -> scorer class
+SCORERS: dict[str, type[CanaryScorer]] = {
+    "loss": CanaryScorer,
+    "cosine": CanaryScorer,
+    "gradient": GradientAlignmentScorer,
+}
 
 
 def run_empirical_audit(
@@ -620,16 +639,15 @@ def run_empirical_audit(
         ))
     model = model_fn()
     start = get_flat(model)
-    scorer = _Scorer(audit.kind, audit.score, model_fn(), start=start)
     if audit.kind == "client":
         directions = random_directions(m, start.numel(), content)
         weight = float(np.mean([len(p) for p in parts]))
         norm = audit.canary_norm or run.dp.clip
         clients += [CanaryClient(f"canary-{j}", directions[j], included=bool(included[j]), norm=norm, weight=weight)
                     for j in range(m)]
-        scorer.directions = directions
+        scorer = SCORERS[audit.score](audit.score, model_fn(), start, directions=directions)
     else:
-        scorer.x, scorer.y = cx, cy
+        scorer = SCORERS[audit.score](audit.score, model_fn(), start, x=cx, y=cy)
     server = SecureServer(model, config=run.server, dp=run.dp, num_clients=len(clients), protection=Plaintext(),
                           ledger=ledger, eval_data=(data.x_test, data.y_test), task=data.task, rng=rng("server"))
     accuracy = None

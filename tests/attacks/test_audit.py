@@ -265,3 +265,44 @@ def test_cli_without_dp_gives_a_large_bound_and_the_contract_json(tmp_path, caps
     assert (tmp_path / "audit_scores.png").read_bytes()[:4] == b"\x89PNG"
     code = cli.main(["audit", "empirical", "--dp", "sample", "--epsilon", "1", "--canary-kind", "client", "--out", str(tmp_path)])
     assert code == 2 and "--canary-kind" in capsys.readouterr().err
+
+
+def test_per_example_gradients_match_autograd():
+    from securefl.models import build_model, get_flat
+
+    model = build_model("mlp", (8,), 3, hidden=5, seed=0)
+    rng = SecureRNG.from_seed(0, "g")
+    x = rng.normal((4, 8))
+    y = torch.tensor([0, 2, 1, 2])
+    got = A._per_example_grads(model, x, y)
+    assert got.shape == (4, get_flat(model).numel())
+    for i in range(4):
+        model.zero_grad()
+        torch.nn.functional.cross_entropy(model(x[i : i + 1]), y[i : i + 1]).backward()
+        want = torch.cat([p.grad.reshape(-1) for p in model.parameters()])
+        assert torch.allclose(got[i], want, atol=1e-6)
+
+
+def test_gradient_alignment_scorer_rewards_a_step_along_the_negative_gradient():
+    from securefl.models import build_model, get_flat
+
+    model = build_model("logreg", (6,), 3, seed=0)
+    rng = SecureRNG.from_seed(1, "g")
+    x, y = rng.normal((5, 6)), torch.tensor([0, 1, 2, 0, 1])
+    start = get_flat(model)
+    scorer = A.SCORERS["gradient"]("gradient", model, start, x=x, y=y)
+    scorer.before_round(start)
+    step = -A._per_example_grads(model, x[2:3], y[2:3])[0]
+    scorer.after_round(start + 0.1 * step / step.norm())
+    scores = scorer.final(start)
+    assert int(np.argmax(scores)) == 2 and scores[2] == pytest.approx(0.1, rel=1e-5)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("score, data", [("gradient", "noise"), ("loss", "mislabelled")])
+def test_example_canaries_run_end_to_end(tmp_path, score, data):
+    cfg = A.EmpiricalAuditConfig(canaries=60, kind="example", score=score, canary_data=data)
+    rep = A.run_empirical_audit(_run(dp="none", clients=2, rounds=1), cfg, out_dir=tmp_path)
+    assert rep["canary_kind"] == "example" and rep["score"] == score and rep["canary_data"] == data
+    assert rep["canaries"] == 60 and 0 < rep["included"] < 60
+    assert 0 <= rep["correct"] <= rep["guesses"] <= 60 and rep["epsilon_lower_bound"] >= 0
