@@ -261,11 +261,12 @@ def one_shot_estimate(scores_in: np.ndarray, scores_out: np.ndarray, delta: floa
     Gaussian mechanism that separates them as much (an estimate, not a bound)."""
     scores_in, scores_out = np.asarray(scores_in, float), np.asarray(scores_out, float)
     if len(scores_in) < 2 or len(scores_out) < 2:
-        return {"mu": float("nan"), "epsilon_estimate": float("nan")}
+        return {"mu": None, "epsilon_estimate": None}  # nothing to fit (JSON has no NaN)
     pooled = math.sqrt((scores_in.var(ddof=1) + scores_out.var(ddof=1)) / 2)
-    mu = float((scores_in.mean() - scores_out.mean()) / pooled) if pooled > 0 else float("inf")
-    eps = gaussian_epsilon(mu, delta) if math.isfinite(mu) else float("inf")
-    return {"mu": mu, "epsilon_estimate": eps}
+    if not pooled > 0:
+        return {"mu": None, "epsilon_estimate": None}
+    mu = float((scores_in.mean() - scores_out.mean()) / pooled)
+    return {"mu": mu, "epsilon_estimate": gaussian_epsilon(mu, delta)}
 
 
 # ----------------------------------------------------------------------------

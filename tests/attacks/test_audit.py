@@ -306,3 +306,8 @@ def test_example_canaries_run_end_to_end(tmp_path, score, data):
     assert rep["canary_kind"] == "example" and rep["score"] == score and rep["canary_data"] == data
     assert rep["canaries"] == 60 and 0 < rep["included"] < 60
     assert 0 <= rep["correct"] <= rep["guesses"] <= 60 and rep["epsilon_lower_bound"] >= 0
+
+
+def test_one_shot_estimate_without_data_is_null_not_nan():
+    assert A.one_shot_estimate(np.array([1.0]), np.array([0.0, 0.1]), DELTA) == {"mu": None, "epsilon_estimate": None}
+    assert A.one_shot_estimate(np.ones(3), np.ones(3), DELTA)["epsilon_estimate"] is None
