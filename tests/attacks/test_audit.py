@@ -311,3 +311,15 @@ def test_example_canaries_run_end_to_end(tmp_path, score, data):
 def test_one_shot_estimate_without_data_is_null_not_nan():
     assert A.one_shot_estimate(np.array([1.0]), np.array([0.0, 0.1]), DELTA) == {"mu": None, "epsilon_estimate": None}
     assert A.one_shot_estimate(np.ones(3), np.ones(3), DELTA)["epsilon_estimate"] is None
+
+
+def test_cli_mechanism_audit(capsys):
+    from securefl import cli
+
+    assert cli.main(["audit", "mechanism", "--noise-multiplier", "0.5", "--trials", "400"]) == 0
+    data = json.loads(capsys.readouterr().out)
+    assert data["trials"] == 800 and data["sound"]
+    assert 1.0 < data["epsilon_lower_bound"] <= data["epsilon_upper_bound"]
+    assert data["epsilon_upper_bound"] == pytest.approx(A.gaussian_epsilon(2.0, DELTA), abs=0.02)
+    assert cli.main(["audit", "mechanism", "--noise-multiplier", "0"]) == 2
+    assert "--noise-multiplier" in capsys.readouterr().err
