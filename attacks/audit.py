@@ -615,6 +615,7 @@ def run_empirical_audit(
         if ledger_path.exists():
             ledger_path.unlink()
     ledger = PrivacyLedger(ledger_path, delta=run.dp.delta, budget=run.dp.epsilon, accountant=run.dp.accountant)
+    ledger.save()  # a run without DP still leaves a (empty) ledger, as `securefl train` does
 
     def rng(context: str) -> SecureRNG:
         return SecureRNG.from_seed(run.seed, context) if run.dp.reproducible_noise else SecureRNG()

@@ -221,3 +221,12 @@ def test_budget_matches_what_training_reported(tmp_path, capsys):
         assert rows[cid]["rdp"] == pytest.approx(c["epsilon_rdp"], rel=1e-12)
         assert rows[cid]["rounds"] == c["rounds"] == 2
     assert rep["overall"]["sample"]["epsilon"] == pytest.approx(final["epsilon"], rel=1e-12)
+
+
+def test_empty_ledger_reports_no_spend(tmp_path, capsys):
+    path = tmp_path / "ledger.json"
+    PrivacyLedger(path, delta=DELTA).save()
+    rep = B.budget_report(PrivacyLedger.load(path))
+    assert rep["subjects"] == [] and rep["overall"] == {} and rep["epsilon_upper_bound"] == 0.0
+    code, out, _ = _main(["audit", "budget", str(path)], capsys)
+    assert code == 0 and "no DP mechanism recorded" in out
