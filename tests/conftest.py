@@ -18,3 +18,8 @@ def digits_parts(digits):
 def _deterministic_torch():
     torch.manual_seed(0)
     yield
+
+
+def pytest_configure(config):
+    # the reference models are tiny: a second intra-op thread only adds overhead
+    torch.set_num_threads(1)
