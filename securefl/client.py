@@ -193,10 +193,13 @@ class SecureClient:
             "round": round_,
             "client": self.client_id,
             "dim": dim,
-            "loss": result.loss,
             "steps": result.steps,
             "epsilon": result.epsilon,
         }
+        if self.protection.reveals_update:
+            # a per-client training loss is a membership signal: under a protection
+            # that hides the update it stays on the client
+            header["loss"] = result.loss
         client_clip = msg.header.get("client_clip")
         if client_clip is not None:
             # client-level DP (DP-FedAvg): clip, report the unclipped bit, equal weight

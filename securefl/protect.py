@@ -109,6 +109,9 @@ class ClientProtection(ABC):
     """The client half: holds the client's secrets; never serialized to the server."""
 
     name: str = ""
+    #: whether the server sees this client's update anyway (then nothing more is
+    #: lost by telling it the local training loss)
+    reveals_update: bool = False
 
     @abstractmethod
     def seal(self, weighted_update: torch.Tensor, aux: dict[str, float], header: dict[str, Any]) -> bytes:
@@ -151,6 +154,7 @@ class Plaintext(ClientProtection, ServerProtection):
 
     name = "none"
     sees_individual_updates = True
+    reveals_update = True
 
     def seal(self, weighted_update: torch.Tensor, aux: dict[str, float], header: dict[str, Any]) -> bytes:
         return wire.encode(

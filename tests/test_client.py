@@ -126,3 +126,21 @@ def test_sample_rate_defaults_to_batch_over_n(digits, digits_parts):
     client = _client(digits, digits_parts, config=ClientConfig(batch_size=16, local_epochs=1.0))
     assert math.isclose(client.sample_rate, 16 / client.num_samples)
     assert client.local_steps == math.ceil(client.num_samples / 16)
+
+
+def test_training_loss_stays_on_the_client_under_a_hiding_protection(digits, digits_parts):
+    from securefl.protect import ClientProtection, Plaintext
+
+    class Recorder(ClientProtection):
+        name = "recorder"
+
+        def seal(self, weighted_update, aux, header):
+            self.header = header
+            return b""
+
+    hidden, shown = Recorder(), Plaintext()
+    w0 = get_flat(_model_fn(digits)())
+    _client(digits, digits_parts, protection=hidden).fit(_global(w0))
+    assert "loss" not in hidden.header and hidden.header["round"] == 1
+    msg = wire.decode(_client(digits, digits_parts, protection=shown).fit(_global(w0)))
+    assert msg.header["loss"] > 0  # plaintext: the server sees the update anyway
