@@ -163,6 +163,9 @@ class ServerConfig:
     server_momentum: float = 0.9
     aggregator: str = "mean"
     dropout: float = 0.0
+    #: exponential moving average of the global weights, released and evaluated in
+    #: place of the last iterate (0 = off); post-processing, so free under DP
+    ema: float = 0.0
     #: robust aggregation (securefl.aggregation.robust): assumed Byzantine clients f,
     #: trimmed-mean fraction, Multi-Krum's m (None: n - f), the clipping radius of
     #: norm bounding / centered clipping (None: the round's median norm), centered
@@ -187,6 +190,7 @@ class ServerConfig:
         _float("server_momentum", self.server_momentum, 0.0, 1.0, hi_open=True)
         _choice("aggregator", self.aggregator, sorted(AGGREGATORS))
         _float("dropout", self.dropout, 0.0, 1.0, hi_open=True)
+        _float("ema", self.ema, 0.0, 1.0, hi_open=True)
         _int("byzantine", self.byzantine, 0)
         _float("trim_fraction", self.trim_fraction, 0.0, 0.5, hi_open=True)
         if self.krum_m is not None:

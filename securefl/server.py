@@ -58,7 +58,8 @@ class SecureServer:
     """Coordinates federated rounds over clients that speak bytes.
 
     Args:
-        model: the global model (updated in place after each successful round).
+        model: the released global model (updated in place after each successful round;
+            with ``config.ema`` it holds the moving average of the iterates).
         config: rounds, sampling, aggregation and server optimizer.
         dp: privacy settings; ``dp.dp == "client"`` makes the server run DP-FedAvg.
         num_clients: size of the population (for the client-level sampling rate).
@@ -96,6 +97,8 @@ class SecureServer:
         self.task = task
         self.rng = rng or SecureRNG()
         self.weights = get_flat(model)
+        #: the released model's weights: ``weights`` itself, or its moving average
+        self.released = self.weights.clone()
         self.optimizer = make_server_optimizer(
             config.server_opt, lr=config.server_lr, momentum=config.server_momentum
         )
@@ -223,7 +226,9 @@ class SecureServer:
                     raise AggregationError("aggregate is not finite")
                 self.weights = self.optimizer.step(self.weights, update)
                 self.previous_update = update
-                set_flat(self.model, self.weights)
+                beta = self.config.ema
+                self.released = beta * self.released + (1 - beta) * self.weights if beta else self.weights
+                set_flat(self.model, self.released)
         except (AggregationError, WireFormatError, ProtocolError) as exc:
             # nothing from a round that fails validation reaches the global model
             aborted = f"{type(exc).__name__}: {exc}"

@@ -151,3 +151,17 @@ def test_robust_aggregator_rejected_under_hidden_updates():
         assert info.value.field == "aggregator"
     finally:
         del AGGREGATORS["median_for_test"]
+
+
+def test_ema_releases_the_moving_average_and_trains_the_iterate():
+    server = _server(num_clients=1, config=ServerConfig(ema=0.5))
+    w0 = server.weights.clone()
+    step = torch.tensor([1.0, 0, 0, 0])
+    client = FakeClient("c0", step, 1)
+    server.run_round(1, [client])
+    server.run_round(2, [client])
+    # iterates w0+1, w0+2; released: 0.5*(0.5*w0 + 0.5*(w0+1)) + 0.5*(w0+2) = w0 + 1.25
+    assert torch.allclose(server.weights, w0 + 2 * step)
+    assert torch.allclose(get_flat(server.model), w0 + 1.25 * step)
+    down = wire.decode(server.global_message(3))
+    assert torch.allclose(wire.bytes_to_vector(down.payload, 4), w0 + 2 * step)  # clients get the iterate
