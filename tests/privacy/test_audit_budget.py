@@ -230,3 +230,26 @@ def test_empty_ledger_reports_no_spend(tmp_path, capsys):
     assert rep["subjects"] == [] and rep["overall"] == {} and rep["epsilon_upper_bound"] == 0.0
     code, out, _ = _main(["audit", "budget", str(path)], capsys)
     assert code == 0 and "no DP mechanism recorded" in out
+
+
+def test_client_level_budget_matches_what_training_reported(tmp_path, capsys):
+    out = tmp_path / "run"
+    code = cli.main([
+        "train", "--dataset", "breast_cancer", "--model", "logreg", "--clients", "4", "--rounds", "3",
+        "--dp", "client", "--noise-multiplier", "3.0", "--epsilon", "4", "--local-epochs", "1",
+        "--seed", "1", "--out", str(out), "--no-progress",
+    ])  # fmt: skip
+    assert code == 0
+    capsys.readouterr()
+    final = json.loads((out / "metrics.json").read_text())["final"]
+    code, text, _ = _main(["audit", "budget", str(out / "ledger.json"), "--format", "json"], capsys)
+    assert code == 0
+    rep = json.loads(text)
+    (row,) = rep["subjects"]
+    assert row["subject"] == "federation" and row["level"] == "client" and row["rounds"] == 3
+    assert row["prv"] == pytest.approx(final["epsilon"], rel=1e-12)
+    assert rep["overall"]["client"]["epsilon"] == pytest.approx(final["epsilon"], rel=1e-12)
+    # budget 4 leaves room: the rounds left at z = 3 are exactly those that fit
+    n = row["rounds_left"]
+    assert n > 0 and row["remaining"] == pytest.approx(4 - final["epsilon"])
+    assert A.epsilon_under("prv", ((3.0, 1.0, 3 + n),), DELTA) <= 4 < A.epsilon_under("prv", ((3.0, 1.0, 4 + n),), DELTA)
