@@ -3,7 +3,7 @@
 Checks the audit's soundness claim on a real run: across seeds the lower bound
 must never exceed the accountant's upper bound. Example::
 
-    .venv/bin/python benchmarks/audit_seeds.py --dp client --epsilon 2 --canaries 1000 \\
+    PYTHONPATH=. .venv/bin/python benchmarks/audit_seeds.py --dp client --epsilon 2 --canaries 1000 \\
         --rounds 10 --seeds 10 --out benchmarks/results/audit_client_eps2.json
 """
 
