@@ -43,7 +43,7 @@ from torch import nn
 from torch.func import functional_call
 
 from attacks.cases import ServerView
-from securefl.exceptions import ConfigValueError
+from securefl.exceptions import ConfigTypeError, ConfigValueError
 
 
 @dataclass(frozen=True)
@@ -69,7 +69,11 @@ class AttackConfig:
         for name in ("iterations", "restarts", "seed"):
             v = getattr(self, name)
             if isinstance(v, bool) or not isinstance(v, int):
-                raise ConfigValueError(name, v, "must be an integer")
+                raise ConfigTypeError(name, v, "must be an integer")
+        for name in ("lr", "tv"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, (int, float)):
+                raise ConfigTypeError(name, v, "must be a number")
         if self.iterations < 0:
             raise ConfigValueError("iterations", self.iterations, "must be >= 0")
         if self.restarts < 1:
