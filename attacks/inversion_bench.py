@@ -202,7 +202,7 @@ def run_suite(*, seeds: int, out: Path, progress: bool, quick: bool) -> dict[str
     (out / "grids").mkdir(parents=True, exist_ok=True)
     data = load_digits(seed=0)
     cells = _cells(quick)
-    attack = AttackConfig(iterations=(100 if quick else 0), restarts=1)
+    attack = AttackConfig(iterations=(100 if quick else 0), restarts=1 if quick else 2)
     rows = []
     t0 = time.perf_counter()
     bar = tqdm(total=len(cells), unit="cell", disable=not progress, dynamic_ncols=True)
