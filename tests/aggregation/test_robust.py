@@ -35,14 +35,6 @@ from securefl.protect import Plaintext
 from securefl.server import SecureServer
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The federations here are tiny; one torch thread avoids oversubscribing shared cores."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 LINE = torch.tensor([[0.0], [1.0], [2.0], [2.5], [4.0], [100.0], [101.0]])
 ONES7 = torch.ones(7)
 

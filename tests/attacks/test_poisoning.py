@@ -32,14 +32,6 @@ from securefl.privacy.noise import SecureRNG
 from securefl.simulation import Simulation
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """The federations here are tiny; one torch thread avoids oversubscribing shared cores."""
-    old = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(old)
-
 
 def _view(m=2, h=6, d=5, seed=0, honest=True, n=None):
     g = torch.Generator().manual_seed(seed)

@@ -17,14 +17,6 @@ from securefl.server import SecureServer
 from .harness import federation
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread():
-    """Tiny models train ~10x faster on one thread than on two contended ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
-
 
 def small(protect: str, **kw):
     return RunConfig.from_flat(
