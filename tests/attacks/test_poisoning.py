@@ -206,6 +206,23 @@ def test_backdoor_succeeds_against_mean_and_metrics_exclude_target():
     assert out["main_accuracy"] > 0.6
 
 
+def test_norm_bounding_removes_the_backdoor_scaling():
+    """Sun et al. 2019: bounding every update's norm takes away model replacement's
+    boost; what is left is the unscaled poisoned update, a fraction of the success."""
+    data = load_dataset("digits", seed=0)
+    success = {}
+    for agg in ("mean", "norm_bound"):
+        cfg = RunConfig.from_flat({"dataset": "digits", "clients": 10, "partition": "iid", "rounds": 6,
+                                   "local_epochs": 1.0, "seed": 0, "aggregator": agg})
+        success[agg] = run_federation(cfg, ScalingBackdoor(target=0), PoisonCase(0.2), data=data)["targeted_success"]
+    unscaled_cfg = RunConfig.from_flat({"dataset": "digits", "clients": 10, "partition": "iid", "rounds": 6,
+                                        "local_epochs": 1.0, "seed": 0})
+    unscaled = run_federation(unscaled_cfg, ScalingBackdoor(target=0, gamma=1.0), PoisonCase(0.2), data=data)
+    assert success["mean"] > 0.9
+    assert success["norm_bound"] <= 0.5 * success["mean"]
+    assert unscaled["targeted_success"] <= 0.5 * success["mean"]
+
+
 def test_backdoor_success_metric_on_a_constant_model():
     class Always(torch.nn.Module):
         def __init__(self, k):
@@ -263,3 +280,15 @@ def test_malicious_clients_speak_secagg():
     attacked = run_federation(cfg, make_attack("ipm", {"epsilon": 100}), PoisonCase(0.2))
     assert clean["aborted_rounds"] == 0 and attacked["aborted_rounds"] == 0
     assert attacked["main_accuracy"] < clean["main_accuracy"] - 0.3
+
+
+def test_bench_dp_cells_are_reproducible():
+    """The bench keys the DP noise from the seed, so a cell reruns to the same numbers."""
+    from attacks.poisoning_bench import DEFENSES, QUICK_BASE, run_cell
+
+    assert all(DEFENSES[d].get("reproducible_noise") for d in DEFENSES if DEFENSES[d].get("dp") == "client")
+    task = {"attack": "backdoor", "defense": "dp_z2", "seed": 0, "base": {**QUICK_BASE, "rounds": 2},
+            "malicious_fraction": 0.2, "knowledge": "omniscient"}
+    a, b = run_cell(task), run_cell(task)
+    assert a["epsilon"] is not None and a["epsilon"] > 0
+    assert (a["main_accuracy"], a["targeted_success"]) == (b["main_accuracy"], b["targeted_success"])
