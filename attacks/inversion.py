@@ -135,9 +135,22 @@ def _simulate(
     steps: int,
     lr: float,
     soft: bool,
+    groups: int = 1,
 ) -> list[torch.Tensor]:
     """The mean one-step gradient the dummy data would produce: ``-Delta/(lr*steps)``
-    after unrolling ``steps`` SGD steps (the gradient itself when ``steps == 1``)."""
+    after unrolling ``steps`` SGD steps (the gradient itself when ``steps == 1``).
+
+    ``groups > 1`` models an aggregate of that many clients: the dummy batch is split
+    into equal shares, each share is trained on its own from the same starting point
+    (as each client does), and the weighted sum of the updates is matched. With one
+    local step this equals the whole batch's gradient, so it only matters for FedAvg."""
+    if steps > 1 and groups > 1 and len(x) % groups == 0:
+        size = len(x) // groups
+        parts = [
+            _simulate(model, params, x[i * size:(i + 1) * size], target[i * size:(i + 1) * size], steps, lr, soft)
+            for i in range(groups)
+        ]
+        return [sum(p[j] for p in parts) / groups for j in range(len(parts[0]))]
     names = list(params)
 
     def loss_at(p: dict[str, torch.Tensor]) -> torch.Tensor:
@@ -153,6 +166,13 @@ def _simulate(
         g = torch.autograd.grad(loss_at(cur), [cur[n] for n in names], create_graph=True)
         cur = {n: cur[n] - lr * gi for n, gi in zip(names, g)}
     return [(params[n] - cur[n]) / (lr * steps) for n in names]
+
+
+def _groups(view: ServerView, n: int) -> int:
+    """How many separately trained clients the attack models: all of the round's
+    contributors when it reconstructs every image behind the update (equal shares),
+    else one."""
+    return view.contributors if n == view.images and n % max(view.contributors, 1) == 0 else 1
 
 
 def _setup(view: ServerView):
@@ -227,13 +247,13 @@ def _lbfgs_match(
 
         def closure() -> torch.Tensor:
             opt.zero_grad()
-            sim = _simulate(model, params, x, y, view.local_steps, view.local_lr, soft=labels is None)
+            sim = _simulate(model, params, x, y, view.local_steps, view.local_lr, soft=labels is None, groups=_groups(view, n))
             loss = _l2(sim, target)
             loss.backward()
             return loss
 
         opt.step(closure)
-        sim = _simulate(model, params, x, y, view.local_steps, view.local_lr, soft=labels is None)
+        sim = _simulate(model, params, x, y, view.local_steps, view.local_lr, soft=labels is None, groups=_groups(view, n))
         loss = float(_l2(sim, target).detach())
         if loss != loss:  # nan: a diverged restart
             continue
@@ -279,7 +299,7 @@ def inverting_gradients(
         )
         for _ in range(iters):
             opt.zero_grad()
-            sim = _simulate(model, params, x, labels, view.local_steps, view.local_lr, soft=False)
+            sim = _simulate(model, params, x, labels, view.local_steps, view.local_lr, soft=False, groups=_groups(view, k))
             loss = _cosine(sim, target) + config.tv * total_variation(x)
             loss.backward()
             x.grad.sign_()
@@ -287,7 +307,7 @@ def inverting_gradients(
             sched.step()
             with torch.no_grad():
                 x.clamp_(lo, hi)
-        sim = _simulate(model, params, x, labels, view.local_steps, view.local_lr, soft=False)
+        sim = _simulate(model, params, x, labels, view.local_steps, view.local_lr, soft=False, groups=_groups(view, k))
         final = float((_cosine(sim, target) + config.tv * total_variation(x)).detach())
         rec = Reconstruction(x.detach().float(), labels.clone(), final)
         if best is None or rec.loss < best.loss:
