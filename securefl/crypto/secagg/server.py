@@ -231,7 +231,20 @@ class SecAggServer:
             self.signatures[u] = b64(sig)
         alive = sorted(self.signatures)
         self._abort_if_short(alive, "consistency check")
-        return alive
+        signers = set(alive)
+        # a client verifies only the signatures of its own neighbourhood and refuses to
+        # unmask with fewer than t of them; leave such clients out, then make sure every
+        # share the unmasking needs still has t holders, or abort here (nothing revealed)
+        unmaskers = {u for u in signers if len((set(self.graph[u]) | {u}) & signers) >= self.threshold}
+        for v in self.u3:
+            have = len((set(self.graph[v]) | {v}) & unmaskers)
+            if have < self.threshold:
+                raise SecAggAbortError(have, self.threshold, "consistency check")
+        for v in set(self.u2) - set(self.u3):
+            holders = set(self.graph[v]) & unmaskers
+            if any(u in self.u3 for u in self.graph[v]) and len(holders) < self.threshold:
+                raise SecAggAbortError(len(holders), self.threshold, "consistency check")
+        return sorted(unmaskers)
 
     # ------------------------------------------------------------ stage 5
     def unmask_request(self, u: str) -> bytes:

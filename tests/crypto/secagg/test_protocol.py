@@ -203,3 +203,16 @@ def test_malicious_option_detects_equivocation_about_survivors():
         by["c00"].handle(wire.encode(honest.kind, lie))
     reply = wire.decode(by["c00"].handle(core.unmask_request("c00")))
     assert set(reply.header["b"]) == set(core.roster) and reply.header["sk"] == {}
+
+
+def test_secaggplus_dropout_at_consistency_check_aborts_cleanly():
+    """A neighbour that sent its masked input but not its consistency signature leaves
+    its neighbours short of verifiable signatures: the server aborts before asking
+    anyone to unmask, instead of letting an honest client refuse mid-protocol."""
+    s = SecAggSettings(clip=1.0, max_weight=1.0, bits=32, threshold=0.7, neighbors=2, malicious=True)
+    _, inputs, _ = grid_inputs(s, 4, 0)
+    clients, server = federation(s, inputs)
+    with pytest.raises(SecAggAbortError) as info:
+        server.aggregate(clients, global_model(1, DIM), DIM, RecordingExchange(1, {"c00": 4}))
+    assert info.value.threshold == 3 and info.value.survivors < 3
+    assert not any(wire.Kind.SECAGG_UNMASK_REQUEST in c.answered for c in clients)
