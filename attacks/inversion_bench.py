@@ -12,7 +12,12 @@ network per round, single-image client updates unless noted):
   is computed once and reported under both names (``same_release_as``);
 * ``aggregate_dp`` — the same aggregate when every client also runs DP-SGD
   (clip ``CLIP``, sigma 0.1);
-* ``multistep``  — a FedAvg update of ``MULTI_STEPS`` local steps, no defense.
+* ``multistep``  — a FedAvg update of ``MULTI_STEPS`` local steps, no defense;
+* ``batch`` / ``aggregate_batch`` — one client's update against the aggregate of
+  10 clients when every client's update covers ``B`` images (``BATCHES``): how
+  many images behind the sum it takes before the sum hides them;
+* ``aggregate_multistep`` — the aggregate of 10 single-image FedAvg updates of
+  ``MULTI_STEPS`` steps; DLG models the 10 clients' separate trajectories.
 
 Every cell pools ``images`` target images over the seeds and reports medians
 next to the mean-image baseline. A cell *beats the baseline* when its median
@@ -41,9 +46,11 @@ CLIP = 0.1  #: below every per-example gradient norm seen at initialisation, so 
 SIGMAS = (0.01, 0.03, 0.1, 0.3, 1.0)
 QUICK_SIGMAS = (0.01, 0.1)
 MULTI_STEPS = 5
+BATCHES = (2, 4, 8)  #: images per client update in the batch sweep
+QUICK_BATCHES = (8,)
 MARGIN_DB = 1.0
 COLUMNS = [
-    "cell", "method", "protect", "dp", "noise_multiplier", "clip", "local_steps", "images",
+    "cell", "method", "protect", "dp", "noise_multiplier", "clip", "local_steps", "batch_size", "images",
     "psnr", "ssim", "mse", "label_accuracy", "baseline_psnr", "psnr_over_baseline",
     "beats_baseline", "clipped_fraction", "seconds", "same_release_as",
 ]
@@ -69,6 +76,14 @@ def _cells(quick: bool) -> list[tuple[str, str, CaseConfig, int]]:
         cells.append(("aggregate_dp", m, agg_dp, full))
     for m in ("analytic", "ig"):
         cells.append(("multistep", m, CaseConfig(local_steps=MULTI_STEPS), full if m == "analytic" else agg))
+    for b in QUICK_BATCHES if quick else BATCHES:
+        for m in METHODS:
+            cells.append(("batch", m, CaseConfig(batch_size=b), full))
+        for m in METHODS:
+            cells.append(("aggregate_batch", m, CaseConfig(protect="secagg", clients=10, batch_size=b), full))
+    if not quick:
+        # costly: 10 unrolled trajectories per matching step
+        cells.append(("aggregate_multistep", "dlg", CaseConfig(protect="secagg", clients=10, local_steps=MULTI_STEPS), agg))
     return cells
 
 
@@ -86,6 +101,7 @@ def _row(cell: str, method: str, case: CaseConfig, results: list[dict[str, Any]]
         "noise_multiplier": case.noise_multiplier if case.dp == "sample" else None,
         "clip": case.clip if case.dp == "sample" else None,
         "local_steps": case.local_steps,
+        "batch_size": case.batch_size,
         "images": len(pooled["psnr"]),
         **med,
         "label_accuracy": float(sum(l * r["images"] for l, r in zip(labels, results)) / sum(r["images"] for r in results)) if labels else None,
@@ -108,6 +124,12 @@ def _label(row: dict[str, Any]) -> str:
         return f"{row['protect']} (sum of 10) + dp sigma={row['noise_multiplier']:g}"
     if row["cell"] == "multistep":
         return f"FedAvg {row['local_steps']} steps"
+    if row["cell"] == "batch":
+        return f"no defense, batch {row['batch_size']}"
+    if row["cell"] == "aggregate_batch":
+        return f"{row['protect']} (sum of 10 x batch {row['batch_size']})"
+    if row["cell"] == "aggregate_multistep":
+        return f"{row['protect']} (sum of 10, FedAvg {row['local_steps']} steps)"
     return "no defense"
 
 
@@ -163,7 +185,61 @@ def _verdicts(rows: list[dict[str, Any]]) -> dict[str, Any]:
     }
     multi = [r for r in rows if r["cell"] == "multistep"]
     out["multistep"] = {r["method"]: {"psnr": r["psnr"], "baseline_psnr": r["baseline_psnr"]} for r in multi}
+    # the batch sweep: B = 1 comes from the none / aggregate cells
+    by_batch: dict[int, dict[str, Any]] = {}
+    for r in rows:
+        if r["protect"] == "ckks":
+            continue
+        kind = {"none": "one_client", "batch": "one_client", "aggregate": "aggregate", "aggregate_batch": "aggregate"}.get(r["cell"])
+        if kind is None:
+            continue
+        entry = by_batch.setdefault(r["batch_size"], {"one_client": {}, "aggregate": {}})
+        entry[kind][r["method"]] = {"psnr": r["psnr"], "baseline_psnr": r["baseline_psnr"], "beats_baseline": r["beats_baseline"]}
+    for entry in by_batch.values():
+        entry["aggregate_beaten_by"] = [m for m, v in entry["aggregate"].items() if v["beats_baseline"]]
+        entry["one_client_beaten_by"] = [m for m, v in entry["one_client"].items() if v["beats_baseline"]]
+    hidden = [b for b in sorted(by_batch) if by_batch[b]["aggregate"] and all(
+        not by_batch[c]["aggregate_beaten_by"] for c in sorted(by_batch) if c >= b)]
+    out["batch_sweep"] = {
+        "by_batch": {str(b): by_batch[b] for b in sorted(by_batch)},
+        "aggregate_hides_from_batch": hidden[0] if hidden else None,
+    }
+    ms = [r for r in rows if r["cell"] == "aggregate_multistep"]
+    out["aggregate_multistep"] = {
+        r["method"]: {"psnr": r["psnr"], "baseline_psnr": r["baseline_psnr"], "beats_baseline": r["beats_baseline"], "images": r["images"]}
+        for r in ms
+    }
     return out
+
+
+def _plot_batch(path: Path, summary: dict[str, Any]) -> None:
+    """Best attack's median PSNR against the images in each client's update: one
+    client's update (no protection) against the aggregate of 10."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=False)
+    import matplotlib.pyplot as plt
+
+    sweep = summary["batch_sweep"]["by_batch"]
+    if not sweep:
+        return
+    fig, ax = plt.subplots(figsize=(5.6, 4.0), dpi=110)
+    batches = sorted(int(b) for b in sweep)
+    for kind, label in (("one_client", "one client's update (protect none)"), ("aggregate", "sum of 10 (ckks / secagg)")):
+        pts = [(b, max(v["psnr"] for v in sweep[str(b)][kind].values())) for b in batches if sweep[str(b)][kind]]
+        ax.plot([p[0] for p in pts], [min(p[1], 160) for p in pts], marker="o", label=label)
+    base = [v["baseline_psnr"] for b in batches for v in sweep[str(b)]["aggregate"].values()]
+    if base:
+        ax.axhline(sum(base) / len(base), color="k", ls="--", lw=1, label="mean-image baseline")
+    ax.set_xscale("log", base=2)
+    ax.set_yscale("log")
+    ax.set_xlabel("images in each client's update (batch size)")
+    ax.set_ylabel("best attack's median PSNR (dB)")
+    ax.set_title("Inversion of a client's images vs batch size (8x8 digits, MLP, FedSGD)", fontsize=9)
+    ax.legend(fontsize=7)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
 
 
 def _plot_curve(path: Path, rows: list[dict[str, Any]]) -> None:
@@ -214,9 +290,11 @@ def run_suite(*, seeds: int, out: Path, progress: bool, quick: bool) -> dict[str
             ]
             row = _row(cell, method, case, results)
             rows.append(row)
-            if cell in ("aggregate", "aggregate_dp"):
+            if cell.startswith("aggregate"):
                 rows.append({**row, "protect": "ckks", "same_release_as": "secagg"})
             name = f"{cell}_{method}_{case.protect}_sigma{row['noise_multiplier']}".replace(".", "p")
+            if cell in ("batch", "aggregate_batch"):
+                name += f"_b{case.batch_size}"
             plot_grid(
                 out / "grids" / f"{name}.png",
                 torch.cat([r["_originals"] for r in results])[:10],
@@ -261,8 +339,20 @@ def run_suite(*, seeds: int, out: Path, progress: bool, quick: bool) -> dict[str
         f"- Aggregate of 10 (ckks/secagg): beaten by {', '.join(summary['aggregate']['beaten_by']) or 'no attack'}.",
         f"- Aggregate of 10 with DP-SGD sigma=0.1 on every client: beaten by {', '.join(summary['aggregate_dp']['beaten_by']) or 'no attack'}.",
     ]
+    for b, entry in summary["batch_sweep"]["by_batch"].items():
+        md.append(
+            f"- Batch {b} per client: one client's update beaten by {', '.join(entry['one_client_beaten_by']) or 'no attack'}; "
+            f"the aggregate of 10 beaten by {', '.join(entry['aggregate_beaten_by']) or 'no attack'}."
+        )
+    hides = summary["batch_sweep"]["aggregate_hides_from_batch"]
+    md.append(f"- The aggregate of 10 stays at or below the baseline from batch {hides} per client on." if hides
+              else "- The aggregate of 10 beats the baseline at every batch size tried.")
+    for m, v in summary["aggregate_multistep"].items():
+        md.append(f"- Aggregate of 10 single-image FedAvg updates ({MULTI_STEPS} steps): {m} {v['psnr']:.1f} dB "
+                  f"(baseline {v['baseline_psnr']:.1f}, {v['images']} images).")
     (out / "inversion.md").write_text("\n".join(md) + "\n")
     _plot_curve(out / "psnr_vs_noise.png", rows)
+    _plot_batch(out / "psnr_vs_batch.png", summary)
     result = {"suite": "inversion", "seeds": seeds, "quick": quick, "seconds": time.perf_counter() - t0, "rows": rows, "summary": summary}
     write_json(out / "inversion.json", result)
     return result
