@@ -111,6 +111,8 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--secagg-threshold", type=float, default=S, help="fraction of share holders needed to unmask (0.6)")
     g.add_argument("--secagg-neighbors", type=int, default=S, help="0 = all clients; even k = SecAgg+ graph degree; -1 = SecAgg+ with k about 2 log2 n (0)")
     g.add_argument("--secagg-malicious", action="store_const", const=True, default=S, help="signed keys + consistency check")
+    g.add_argument("--secagg-distributed-dp", action="store_const", const=True, default=S,
+                   help="with --dp client: clients add the DP noise in shares, so nobody sees an un-noised sum")
     g = p.add_argument_group("local training")
     g.add_argument("--local-epochs", type=float, default=S)
     g.add_argument("--batch-size", type=int, default=S)

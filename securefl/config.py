@@ -240,6 +240,7 @@ class ProtectConfig:
     secagg_threshold: float = 0.6  #: fraction of share holders needed to unmask, in (0.5, 1]
     secagg_neighbors: int = 0  #: 0 = complete graph; even k = SecAgg+ with k neighbours; -1 = k ~ 2 log2 n
     secagg_malicious: bool = False  #: signed keys + consistency check (malicious server)
+    secagg_distributed_dp: bool = False  #: dp='client': clients add the noise in shares (no central noise)
 
     def _check_secagg(self) -> None:
         from securefl.crypto.secagg.common import SecAggSettings
@@ -252,6 +253,7 @@ class ProtectConfig:
             neighbors=self.secagg_neighbors,
             malicious=self.secagg_malicious,
         )
+        _bool("secagg_distributed_dp", self.secagg_distributed_dp)
 
     def __post_init__(self) -> None:
         self._check_ckks()
@@ -309,6 +311,15 @@ class RunConfig:
                 "fixed",
                 "client-level DP accounting assumes Poisson client sampling; "
                 "use --sampling poisson or --fraction 1",
+            )
+        if self.protection.secagg_distributed_dp and (
+            self.protect != "secagg" or self.dp.dp != "client" or self.dp.adaptive_clip
+        ):
+            raise ConfigValueError(
+                "secagg_distributed_dp",
+                True,
+                "distributed DP noise needs --protect secagg and --dp client with a fixed clip "
+                f"(got protect={self.protect!r}, dp={self.dp.dp!r}, adaptive_clip={self.dp.adaptive_clip})",
             )
         if self.dp.dp == "client" and self.server.aggregator != "mean":
             raise ConfigValueError(

@@ -133,6 +133,8 @@ class ServerProtection(ABC):
     name: str = ""
     #: whether the server sees individual updates (robust aggregators need this)
     sees_individual_updates: bool = False
+    #: the clients add the DP-FedAvg noise in shares (the server must add none)
+    distributed_noise: bool = False
     #: messages each client answers per round (dropouts are drawn among them)
     stages: int = 1
 

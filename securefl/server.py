@@ -20,8 +20,13 @@ from securefl.aggregation import SUM_COMPATIBLE, make_aggregator
 from securefl.config import DPConfig, ServerConfig
 from securefl.exceptions import AggregationError, ConfigValueError, ProtocolError, WireFormatError
 from securefl.models import get_flat, set_flat
-from securefl.privacy import accounting
-from securefl.privacy.client_dp import AdaptiveClipper, clip_update, noisy_average, update_noise_multiplier
+from securefl.privacy.client_dp import (
+    AdaptiveClipper,
+    clip_update,
+    noisy_average,
+    resolve_noise_multiplier,
+    update_noise_multiplier,
+)
 from securefl.privacy.ledger import PrivacyLedger
 from securefl.privacy.noise import SecureRNG
 from securefl.protect import ClientLike, Exchange, Plaintext, ServerProtection
@@ -124,12 +129,7 @@ class SecureServer:
         self.clipper: AdaptiveClipper | None = None
         self.clip = dp.clip
         if dp.dp == "client":
-            z = dp.noise_multiplier
-            if z is None:
-                assert dp.epsilon is not None
-                z = accounting.solve_noise_multiplier(
-                    dp.epsilon, dp.delta, self.client_rate, config.rounds, dp.accountant
-                )
+            z = resolve_noise_multiplier(dp, sample_rate=self.client_rate, rounds=config.rounds)
             self.noise_multiplier = z
             self.update_noise_multiplier = z
             if dp.adaptive_clip:
@@ -201,9 +201,12 @@ class SecureServer:
                 epsilon, epsilon_rdp = entry["epsilon"][self.dp.accountant], entry["epsilon"]["rdp"]
             agg = self.protection.aggregate(chosen, down, dim, exchange)
             if self.dp.dp == "client":
+                # with distributed noise the clients' shares already sum to at least
+                # N(0, (z S)^2) (securefl.crypto.secagg); the server adds none
+                central = not self.protection.distributed_noise
                 update = noisy_average(
                     self._client_dp_total(agg, dim),
-                    noise_multiplier=float(self.update_noise_multiplier or 0.0),
+                    noise_multiplier=float(self.update_noise_multiplier or 0.0) if central else 0.0,
                     clip=self.clip,
                     denominator=self.expected_clients,
                     rng=self.rng,

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field as dc_field
 from typing import Any, Callable, Mapping
 
 import numpy as np
+import torch
 
 from securefl.crypto import primitives as P
 from securefl.crypto import shamir
@@ -32,6 +33,7 @@ from securefl.crypto.secagg.common import (
     advert_transcript,
     b64,
     channel_info,
+    distributed_noise_stddev,
     field,
     id_list,
     pair_info,
@@ -80,6 +82,7 @@ class SecAggClient:
         self._directory: dict[str, bytes] | None = None
         self._rounds: dict[int, _Round] = {}
         self.last_saturated = 0
+        self.last_noise_stddev = 0.0  #: per-coordinate std of the last noise share
         self._handlers: dict[wire.Kind, Callable[[wire.Message], bytes]] = {
             wire.Kind.SECAGG_IDENTITY_REQUEST: self.identity,
             wire.Kind.SECAGG_ADVERTISE_REQUEST: self.advertise,
@@ -247,7 +250,16 @@ class SecAggClient:
             v = np.clip(v, -limit, limit)
         codec = st.codec
         enc = codec.encode(np.concatenate([v, extra]), self.rng)
-        vec = np.concatenate([enc.values, codec.wrap(np.array([saturated]))]).astype(codec.dtype)
+        values = enc.values
+        sigma = distributed_noise_stddev(self.settings, dim=v.size, threshold=st.threshold, resolution=codec.resolution)
+        self.last_noise_stddev = sigma
+        if sigma > 0:
+            # this client's share of the DP noise, on the grid, before any mask
+            noise = self.rng.normal((v.size,), sigma / codec.resolution, dtype=torch.float64).numpy()
+            signed = codec.signed(values)
+            signed[: v.size] += np.rint(noise).astype(np.int64)
+            values = codec.wrap(signed)
+        vec = np.concatenate([values, codec.wrap(np.array([saturated]))]).astype(codec.dtype)
         self.last_saturated = saturated
         P.add_mask(vec, st.seed, self_mask_info(st.round, self.client_id))
         for other in st.maskers:

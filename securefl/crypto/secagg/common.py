@@ -6,6 +6,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import struct
 from dataclasses import dataclass
 from typing import Any, Iterable
@@ -28,6 +29,13 @@ class SecAggSettings:
         neighbors: 0 for the complete graph (Bonawitz et al.); an even k for SecAgg+;
             -1 for SecAgg+ with k = O(log n) chosen per round (about 2 log2 n).
         malicious: Ed25519-signed keys and a consistency check against a malicious server.
+        noise_multiplier: distributed DP (DP-FedAvg's z; 0 = off). ``clip`` is then the
+            L2 clip S of each update, and every client adds rounded Gaussian noise of
+            standard deviation ``z * (S + sqrt(d) * resolution) / sqrt(t)`` per
+            coordinate (t = the round's threshold) before masking, so any t or more
+            survivors' shares sum to at least N(0, (z S)^2) per coordinate and no
+            party, the server included, sees an un-noised sum (after Kairouz, Liu and
+            Steinke, ICML 2021; see :func:`distributed_noise_stddev`).
     """
 
     clip: float = 1.0
@@ -36,6 +44,7 @@ class SecAggSettings:
     threshold: float = 0.6
     neighbors: int = 0
     malicious: bool = False
+    noise_multiplier: float = 0.0
 
     def __post_init__(self) -> None:
         for name in ("clip", "max_weight", "threshold"):
@@ -60,6 +69,10 @@ class SecAggSettings:
             )
         if not isinstance(self.malicious, bool):
             raise ConfigTypeError("secagg_malicious", self.malicious, "must be true or false")
+        if isinstance(self.noise_multiplier, bool) or not isinstance(self.noise_multiplier, (int, float)):
+            raise ConfigTypeError("noise_multiplier", self.noise_multiplier, "must be a number")
+        if not 0 <= self.noise_multiplier < float("inf"):
+            raise ConfigValueError("noise_multiplier", self.noise_multiplier, "must be >= 0 and finite")
         if self.malicious and self.threshold <= 2 / 3:
             raise ConfigValueError(
                 "secagg_threshold", self.threshold, "the malicious-server option needs a threshold above 2/3"
@@ -67,8 +80,9 @@ class SecAggSettings:
 
     @property
     def bound(self) -> float:
-        """Largest magnitude of any encoded coordinate (weighted update or weight)."""
-        return self.max_weight * max(self.clip, 1.0)
+        """Largest magnitude of any encoded coordinate (weighted update or weight), with
+        room for eight standard deviations of distributed noise on top."""
+        return self.max_weight * max(self.clip, 1.0) + 8.0 * self.noise_multiplier * self.clip * 2.0
 
     def codec(self, clients: int) -> FixedPoint:
         return FixedPoint.for_sum(clients=clients, bound=self.bound, bits=self.bits)
@@ -145,3 +159,21 @@ def self_mask_info(round_: int, client: str) -> bytes:
 
 def pair_mask_info(round_: int) -> bytes:
     return b"pairmask" + round_bytes(round_)
+
+
+def distributed_noise_stddev(settings: SecAggSettings, *, dim: int, threshold: int, resolution: float) -> float:
+    """Per-coordinate standard deviation of one client's noise share.
+
+    The DP-FedAvg sensitivity is the clip S, but stochastic rounding onto the
+    fixed-point grid moves each of the ``dim`` coordinates by less than one
+    ``resolution``, so the share is calibrated to ``S + sqrt(dim) * resolution``.
+    With at least ``threshold`` survivors the shares sum to a variance of at least
+    ``(z * S)^2``. Shares are continuous Gaussians from the CSPRNG rounded to the
+    grid; for standard deviations of many grid units (thousands here) a sum of such
+    shares is within a negligible distance of a discrete Gaussian (Kairouz, Liu and
+    Steinke, ICML 2021), which the accountant treats as the continuous one.
+    """
+    if settings.noise_multiplier == 0:
+        return 0.0
+    sensitivity = settings.clip + math.sqrt(dim) * resolution
+    return settings.noise_multiplier * sensitivity / math.sqrt(threshold)

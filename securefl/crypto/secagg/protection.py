@@ -15,9 +15,10 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 import torch
 
 from securefl.crypto.secagg.client import SecAggClient
-from securefl.crypto.secagg.common import SecAggSettings, unb64
+from securefl.crypto.secagg.common import SecAggSettings, distributed_noise_stddev, unb64
 from securefl.crypto.secagg.server import SecAggResult, SecAggServer
 from securefl.exceptions import ProtocolError
+from securefl.privacy.client_dp import resolve_noise_multiplier
 from securefl.protect import AggregateInput, ClientLike, ClientProtection, Exchange, ServerProtection
 from securefl.transport import wire
 
@@ -41,6 +42,11 @@ def settings_from_config(config: "RunConfig") -> SecAggSettings:
         threshold=p.secagg_threshold,
         neighbors=p.secagg_neighbors,
         malicious=p.secagg_malicious,
+        noise_multiplier=(
+            resolve_noise_multiplier(config.dp, sample_rate=config.server.fraction, rounds=config.server.rounds)
+            if p.secagg_distributed_dp
+            else 0.0
+        ),
     )
     settings.codec(config.clients)  # the largest round must fit the ring (ConfigValueError otherwise)
     return settings
@@ -80,6 +86,7 @@ class SecAggServerProtection(ServerProtection):
         self.settings = settings
         self.rng = rng
         self.stages = 5 if settings.malicious else 4
+        self.distributed_noise = settings.noise_multiplier > 0
         self.directory: dict[str, bytes] = {}
         self.last_result: SecAggResult | None = None  #: the last round's unmasked sum
 
@@ -132,6 +139,10 @@ class SecAggServerProtection(ServerProtection):
             # left out by the protocol: too few live neighbours to share or mask safely
             "excluded": len(set(server.roster) - set(result.survivors) - set(exchange.dropped) - set(exchange.refused)),
             "threshold": server.threshold,
+            # distributed DP: the per-coordinate noise std in the released sum
+            "noise_stddev": distributed_noise_stddev(
+                self.settings, dim=dim, threshold=server.threshold, resolution=server.codec.resolution
+            ) * len(result.survivors) ** 0.5,
             "neighbors": len(server.graph[server.roster[0]]),
             "bits": server.codec.bits,
             "frac_bits": server.codec.frac_bits,
