@@ -26,6 +26,13 @@ per-example gradients clipped to ``clip`` in L2, summed, Gaussian noise of
 standard deviation ``noise_multiplier * clip`` from :class:`SecureRNG` added, then
 divided by the batch size, at every local step. ``noise_multiplier=0`` is
 clipping alone.
+
+With ``dp="client"`` (DP-FedAvg, McMahan et al. 2018) each client clips its
+whole update ``Delta_k`` to L2 norm ``clip``. Under ``secagg`` the clients also
+add their shares of the noise (``--secagg-distributed-dp``: N(0, (z clip)^2 /
+clients) each, so the released sum carries N(0, (z clip)^2)); under ``none`` and
+``ckks`` the server adds the noise itself after it has read the clipped updates
+or their sum, so the view carries none.
 """
 
 from __future__ import annotations
@@ -41,7 +48,7 @@ from securefl.exceptions import ConfigTypeError, ConfigValueError
 from securefl.models import build_model
 from securefl.privacy.noise import SecureRNG
 
-DP_MODES = ("none", "sample")
+DP_MODES = ("none", "sample", "client")
 
 
 def _plain_release(updates: list[tuple[list[torch.Tensor], float]]) -> tuple[list[torch.Tensor], float, int]:
@@ -104,7 +111,7 @@ class CaseConfig:
         if self.dp not in DP_MODES:
             raise ConfigValueError("dp", self.dp, f"must be one of {', '.join(DP_MODES)}")
         if self.dp == "none" and self.noise_multiplier > 0:
-            raise ConfigValueError("noise_multiplier", self.noise_multiplier, "needs --dp sample")
+            raise ConfigValueError("noise_multiplier", self.noise_multiplier, "needs --dp sample or client")
         if self.protect not in RELEASES:
             raise ConfigValueError("protect", self.protect, f"must be one of {', '.join(RELEASES)}")
         if self.protect != "none" and self.clients < 2:
@@ -194,6 +201,18 @@ def local_update(
     return [params[n] - start[n] for n in names], frac
 
 
+def _client_level(delta: list[torch.Tensor], case: CaseConfig, rng: SecureRNG) -> tuple[list[torch.Tensor], float]:
+    """DP-FedAvg on one client's update: clip to ``case.clip``; under secagg's
+    distributed DP add this client's noise share."""
+    norm = float(torch.sqrt(sum(d.double().pow(2).sum() for d in delta)))
+    factor = min(1.0, case.clip / norm) if norm > 0 else 1.0
+    out = [d * factor for d in delta]
+    if case.protect == "secagg" and case.noise_multiplier > 0:
+        share = case.noise_multiplier * case.clip / case.clients**0.5
+        out = [d + rng.normal(tuple(d.shape), share, dtype=d.dtype) for d in out]
+    return out, float(norm > case.clip)
+
+
 def run_round(
     case: CaseConfig,
     model: nn.Module,
@@ -210,6 +229,8 @@ def run_round(
     for x, y in participants:
         delta, frac = local_update(model, x, y, case, rng)
         n = float(len(x))
+        if case.dp == "client":
+            delta, frac = _client_level(delta, case, rng)
         # the wire carries float32 vectors
         weighted.append(([(d * n).to(torch.float32) for d in delta], n))
         fractions.append(frac)

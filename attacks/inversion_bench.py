@@ -18,6 +18,9 @@ network per round, single-image client updates unless noted):
   many images behind the sum it takes before the sum hides them;
 * ``aggregate_multistep`` — the aggregate of 10 single-image FedAvg updates of
   ``MULTI_STEPS`` steps; DLG models the 10 clients' separate trajectories.
+* ``aggregate_ddp`` — ``secagg`` with distributed DP (DP-FedAvg: each client
+  clips its update to ``CLIENT_CLIP`` and adds its share of N(0, (z C)^2), z in
+  ``DDP_SIGMAS``): the only noise-free-for-nobody sum securefl releases.
 
 Every cell pools ``images`` target images over the seeds and reports medians
 next to the mean-image baseline. A cell *beats the baseline* when its median
@@ -48,6 +51,8 @@ QUICK_SIGMAS = (0.01, 0.1)
 MULTI_STEPS = 5
 BATCHES = (2, 4, 8)  #: images per client update in the batch sweep
 QUICK_BATCHES = (8,)
+CLIENT_CLIP = 0.01  #: DP-FedAvg clip of a whole update (local lr 0.1 x the per-example CLIP)
+DDP_SIGMAS = (0.3, 1.0)
 MARGIN_DB = 1.0
 COLUMNS = [
     "cell", "method", "protect", "dp", "noise_multiplier", "clip", "local_steps", "batch_size", "images",
@@ -81,6 +86,10 @@ def _cells(quick: bool) -> list[tuple[str, str, CaseConfig, int]]:
             cells.append(("batch", m, CaseConfig(batch_size=b), full))
         for m in METHODS:
             cells.append(("aggregate_batch", m, CaseConfig(protect="secagg", clients=10, batch_size=b), full))
+    for z in DDP_SIGMAS[-1:] if quick else DDP_SIGMAS:
+        for m in METHODS:
+            ddp = CaseConfig(protect="secagg", clients=10, dp="client", clip=CLIENT_CLIP, noise_multiplier=z)
+            cells.append(("aggregate_ddp", m, ddp, full))
     if not quick:
         # costly: 10 unrolled trajectories per matching step
         cells.append(("aggregate_multistep", "dlg", CaseConfig(protect="secagg", clients=10, local_steps=MULTI_STEPS), agg))
@@ -98,8 +107,8 @@ def _row(cell: str, method: str, case: CaseConfig, results: list[dict[str, Any]]
         "method": method,
         "protect": case.protect,
         "dp": case.dp,
-        "noise_multiplier": case.noise_multiplier if case.dp == "sample" else None,
-        "clip": case.clip if case.dp == "sample" else None,
+        "noise_multiplier": case.noise_multiplier if case.dp in ("sample", "client") else None,
+        "clip": case.clip if case.dp in ("sample", "client") else None,
         "local_steps": case.local_steps,
         "batch_size": case.batch_size,
         "images": len(pooled["psnr"]),
@@ -128,6 +137,8 @@ def _label(row: dict[str, Any]) -> str:
         return f"no defense, batch {row['batch_size']}"
     if row["cell"] == "aggregate_batch":
         return f"{row['protect']} (sum of 10 x batch {row['batch_size']})"
+    if row["cell"] == "aggregate_ddp":
+        return f"{row['protect']} (sum of 10) + distributed DP-FedAvg z={row['noise_multiplier']:g}"
     if row["cell"] == "aggregate_multistep":
         return f"{row['protect']} (sum of 10, FedAvg {row['local_steps']} steps)"
     return "no defense"
@@ -203,6 +214,12 @@ def _verdicts(rows: list[dict[str, Any]]) -> dict[str, Any]:
     out["batch_sweep"] = {
         "by_batch": {str(b): by_batch[b] for b in sorted(by_batch)},
         "aggregate_hides_from_batch": hidden[0] if hidden else None,
+    }
+    ddp = [r for r in rows if r["cell"] == "aggregate_ddp"]
+    out["aggregate_ddp"] = {
+        "by_sigma_method": {f"{r['noise_multiplier']:g}/{r['method']}": {"psnr": r["psnr"], "baseline_psnr": r["baseline_psnr"]} for r in ddp},
+        "beaten_by": [f"z={r['noise_multiplier']:g}/{r['method']}" for r in ddp if r["beats_baseline"]],
+        "holds": bool(ddp) and not any(r["beats_baseline"] for r in ddp),
     }
     ms = [r for r in rows if r["cell"] == "aggregate_multistep"]
     out["aggregate_multistep"] = {
@@ -290,7 +307,7 @@ def run_suite(*, seeds: int, out: Path, progress: bool, quick: bool) -> dict[str
             ]
             row = _row(cell, method, case, results)
             rows.append(row)
-            if cell.startswith("aggregate"):
+            if cell.startswith("aggregate") and cell != "aggregate_ddp":  # ckks has no distributed noise
                 rows.append({**row, "protect": "ckks", "same_release_as": "secagg"})
             name = f"{cell}_{method}_{case.protect}_sigma{row['noise_multiplier']}".replace(".", "p")
             if cell in ("batch", "aggregate_batch"):
@@ -339,6 +356,8 @@ def run_suite(*, seeds: int, out: Path, progress: bool, quick: bool) -> dict[str
         f"- Aggregate of 10 (ckks/secagg): beaten by {', '.join(summary['aggregate']['beaten_by']) or 'no attack'}.",
         f"- Aggregate of 10 with DP-SGD sigma=0.1 on every client: beaten by {', '.join(summary['aggregate_dp']['beaten_by']) or 'no attack'}.",
     ]
+    md.append(f"- Aggregate of 10 under secagg with distributed DP-FedAvg (z in {', '.join(f'{z:g}' for z in DDP_SIGMAS)}, "
+              f"clip {CLIENT_CLIP:g}): beaten by {', '.join(summary['aggregate_ddp']['beaten_by']) or 'no attack'}.")
     for b, entry in summary["batch_sweep"]["by_batch"].items():
         md.append(
             f"- Batch {b} per client: one client's update beaten by {', '.join(entry['one_client_beaten_by']) or 'no attack'}; "

@@ -50,7 +50,7 @@ def run(ns: argparse.Namespace) -> int:
     recons = result.pop("_reconstructions")
     atomic_write_json(out / "inversion.json", result)
     title = f"{ns.method}, protect={ns.protect}, dp={ns.dp}"
-    if ns.dp == "sample":
+    if ns.dp in ("sample", "client"):
         title += f" (sigma={ns.noise_multiplier:g}, C={ns.clip:g})"
     plot_grid(out / "reconstructions.png", originals, recons, title=title)
     lab = result["label_accuracy"]
@@ -69,7 +69,7 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--batch-size", type=int, default=1, help="images per client update (1)")
     p.add_argument("--local-steps", type=int, default=1, help="local SGD steps per update; >1 is a FedAvg update (1)")
     p.add_argument("--local-lr", type=float, default=0.1, help="local learning rate, known to the server (0.1)")
-    p.add_argument("--dp", default="none", help="none | sample (per-example clipping + Gaussian noise) (none)")
+    p.add_argument("--dp", default="none", help="none | sample (DP-SGD: per-example clipping + noise) | client (DP-FedAvg: the update clipped; noise shares under secagg) (none)")
     p.add_argument("--noise-multiplier", type=float, default=0.0, help="DP-SGD noise multiplier; 0 = clipping only (0)")
     p.add_argument("--clip", type=float, default=1.0, help="per-example L2 clip with --dp sample (1.0)")
     p.add_argument("--protect", default="none", help="none | ckks | secagg: what the server reads (none)")

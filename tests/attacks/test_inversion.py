@@ -116,6 +116,16 @@ def test_attack_models_each_client_of_a_multistep_aggregate(digits):
     assert max(float((a.detach() - b).abs().max()) for a, b in zip(joint, target)) > 1e-3 * scale
 
 
+def test_client_level_dp_view_carries_the_distributed_noise_only_under_secagg(digits):
+    clip, z = 1e-3, 1.0
+    noisy, _ = _round(digits, CaseConfig(protect="secagg", clients=10, dp="client", clip=clip, noise_multiplier=z))
+    flat = torch.cat([u.flatten() for u in noisy.update]).double()
+    assert float(flat.std()) == pytest.approx(z * clip, rel=0.1)  # ten shares of (z C)^2 / 10
+    plain, _ = _round(digits, CaseConfig(protect="ckks", clients=10, dp="client", clip=clip, noise_multiplier=z))
+    norm = float(torch.sqrt(sum(u.double().pow(2).sum() for u in plain.update)))
+    assert norm <= 10 * clip * (1 + 1e-5)  # clipped, and the server adds its noise only after reading
+
+
 def test_analytic_on_an_aggregate_returns_one_guess_per_image(digits):
     view, truth = _round(digits, CaseConfig(protect="ckks", clients=10))
     rec = reconstruct("analytic", view)
@@ -128,7 +138,7 @@ def test_analytic_on_an_aggregate_returns_one_guess_per_image(digits):
     "kwargs, field",
     [
         ({"batch_size": 0}, "batch_size"),
-        ({"dp": "client"}, "dp"),
+        ({"dp": "central"}, "dp"),
         ({"protect": "rot13"}, "protect"),
         ({"noise_multiplier": 0.5}, "noise_multiplier"),
         ({"dp": "sample", "clip": 0.0}, "clip"),
