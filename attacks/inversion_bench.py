@@ -122,26 +122,23 @@ def _row(cell: str, method: str, case: CaseConfig, results: list[dict[str, Any]]
     return row
 
 
+#: cell -> the row label of the tables (formatted with the row's fields)
+LABELS: dict[str, str] = {
+    "none": "no defense",
+    "dp": "dp sigma={noise_multiplier:g}",
+    "clip": "clip C={clip:g}, no noise",
+    "aggregate": "{protect} (sum of 10)",
+    "aggregate_dp": "{protect} (sum of 10) + dp sigma={noise_multiplier:g}",
+    "multistep": "FedAvg {local_steps} steps",
+    "batch": "no defense, batch {batch_size}",
+    "aggregate_batch": "{protect} (sum of 10 x batch {batch_size})",
+    "aggregate_ddp": "{protect} (sum of 10) + distributed DP-FedAvg z={noise_multiplier:g}",
+    "aggregate_multistep": "{protect} (sum of 10, FedAvg {local_steps} steps)",
+}
+
+
 def _label(row: dict[str, Any]) -> str:
-    if row["cell"] == "dp":
-        return f"dp sigma={row['noise_multiplier']:g}"
-    if row["cell"] == "clip":
-        return f"clip C={row['clip']:g}, no noise"
-    if row["cell"] == "aggregate":
-        return f"{row['protect']} (sum of 10)"
-    if row["cell"] == "aggregate_dp":
-        return f"{row['protect']} (sum of 10) + dp sigma={row['noise_multiplier']:g}"
-    if row["cell"] == "multistep":
-        return f"FedAvg {row['local_steps']} steps"
-    if row["cell"] == "batch":
-        return f"no defense, batch {row['batch_size']}"
-    if row["cell"] == "aggregate_batch":
-        return f"{row['protect']} (sum of 10 x batch {row['batch_size']})"
-    if row["cell"] == "aggregate_ddp":
-        return f"{row['protect']} (sum of 10) + distributed DP-FedAvg z={row['noise_multiplier']:g}"
-    if row["cell"] == "aggregate_multistep":
-        return f"{row['protect']} (sum of 10, FedAvg {row['local_steps']} steps)"
-    return "no defense"
+    return LABELS[row["cell"]].format(**row)
 
 
 def _verdicts(rows: list[dict[str, Any]]) -> dict[str, Any]:
