@@ -97,6 +97,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--protect", default=S, help="update protection: none | ckks (CKKS-encrypted sum) | secagg")
     g.add_argument("--ema", type=float, default=S, help="release a moving average of the global weights (0: off)")
     g.add_argument("--dropout", type=float, default=S, help="probability a chosen client vanishes mid-round (0)")
+    g.add_argument("--min-clients", type=int, default=S, help="smallest cohort whose sum a client helps release under ckks or secagg; at least 2 (3)")
     g = p.add_argument_group("CKKS encryption (--protect ckks)")
     g.add_argument("--ckks-preset", default=S, help="small-model | standard | large-model | hardened (small-model)")
     g.add_argument("--ckks-encryption", default=S, help="symmetric | public-key | seeded (seeded symmetric ciphertexts: ~half the bytes) (symmetric)")

@@ -206,6 +206,10 @@ class ProtectConfig:
     """Settings of the update protections (``--protect``); each protection reads its
     own section. Field names stay unique across all sub-configs (flat routing)."""
 
+    #: smallest cohort whose sum a client helps release (CKKS decryption, secure
+    #: aggregation unmasking); each client enforces its own value, whatever the server says
+    min_clients: int = 3
+
     # --- ckks (securefl.crypto.ckks)
     ckks_preset: str = "small-model"  #: ring preset named by use (securefl.crypto.hazmat.ckks.PRESETS)
     ckks_encryption: str = "symmetric"  #: "symmetric" (secret-key), "public-key" or "seeded" (secret-key, ~half the bytes)
@@ -256,6 +260,7 @@ class ProtectConfig:
         _bool("secagg_distributed_dp", self.secagg_distributed_dp)
 
     def __post_init__(self) -> None:
+        _int("min_clients", self.min_clients, 2, 1_000_000)
         self._check_ckks()
         self._check_secagg()
 

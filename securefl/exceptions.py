@@ -107,3 +107,8 @@ class CKKSParameterError(ConfigValueError):
 class CiphertextRejectedError(AggregationError):
     """A CKKS ciphertext failed its receipt checks (parse, parameters, shape) or its
     decryption failed the bound and authentication checks; the round is aborted."""
+
+
+class ReplayError(ProtocolError):
+    """A server asked a client to answer a round at or below the last one it
+    answered (a replay, or an attempt to rerun a round with another cohort)."""

@@ -200,41 +200,46 @@ class Plaintext(ClientProtection, ServerProtection):
 class ProtectionSpec:
     """How to build both halves of a protection for a run.
 
-    ``client(config, client_id, rng)`` and ``server(config, rng)`` receive the
-    whole run configuration (number of clients, clip bounds, the protection's
-    own settings in ``config.protection``).
+    ``client(config, client_id, rng, identity=..., roster=..., guard=...)`` and
+    ``server(config, rng, roster=...)`` receive the whole run configuration (number
+    of clients, clip bounds, the protection's own settings in ``config.protection``).
+    ``rng`` is for DP noise only (it is seeded under ``reproducible_noise``); keys,
+    masks, shares, nonces and rounding always come from the OS CSPRNG. ``identity``
+    is the client's long-term signing key, ``roster`` the members pinned out of band
+    (:mod:`securefl.crypto.identity`), ``guard`` the client's round memory
+    (:mod:`securefl.crypto.replay`), shared with its :class:`~securefl.client.SecureClient`.
     """
 
-    client: Callable[["RunConfig", str, "SecureRNG"], ClientProtection]
-    server: Callable[["RunConfig", "SecureRNG"], ServerProtection]
+    client: Callable[..., ClientProtection]
+    server: Callable[..., ServerProtection]
 
 
-def _secagg_client(cfg: "RunConfig", cid: str, rng: "SecureRNG") -> ClientProtection:
+def _secagg_client(cfg: "RunConfig", cid: str, rng: "SecureRNG", **party: Any) -> ClientProtection:
     from securefl.crypto.secagg.protection import client_factory  # lazy: keeps import light
 
-    return client_factory(cfg, cid, rng)
+    return client_factory(cfg, cid, rng, **party)
 
 
-def _secagg_server(cfg: "RunConfig", rng: "SecureRNG") -> ServerProtection:
+def _secagg_server(cfg: "RunConfig", rng: "SecureRNG", **party: Any) -> ServerProtection:
     from securefl.crypto.secagg.protection import server_factory
 
-    return server_factory(cfg, rng)
+    return server_factory(cfg, rng, **party)
 
 
-def _ckks_client(cfg: "RunConfig", cid: str, rng: "SecureRNG") -> ClientProtection:
+def _ckks_client(cfg: "RunConfig", cid: str, rng: "SecureRNG", **party: Any) -> ClientProtection:
     from securefl.crypto.ckks import client_factory  # lazy: TenSEAL loads only when used
 
-    return client_factory(cfg, cid, rng)
+    return client_factory(cfg, cid, rng, **party)
 
 
-def _ckks_server(cfg: "RunConfig", rng: "SecureRNG") -> ServerProtection:
+def _ckks_server(cfg: "RunConfig", rng: "SecureRNG", **party: Any) -> ServerProtection:
     from securefl.crypto.ckks import server_factory
 
-    return server_factory(cfg, rng)
+    return server_factory(cfg, rng, **party)
 
 
 PROTECTIONS: dict[str, ProtectionSpec] = {
-    "none": ProtectionSpec(client=lambda cfg, cid, rng: Plaintext(), server=lambda cfg, rng: Plaintext()),
+    "none": ProtectionSpec(client=lambda cfg, cid, rng, **_: Plaintext(), server=lambda cfg, rng, **_: Plaintext()),
     "ckks": ProtectionSpec(client=_ckks_client, server=_ckks_server),
     "secagg": ProtectionSpec(client=_secagg_client, server=_secagg_server),
 }
