@@ -85,7 +85,7 @@ def bench_case(n: int, k: int, dim: int, dropout: float, threshold: float) -> di
     rng = np.random.default_rng(0)  # benchmark data, not secret
     update = torch.from_numpy(rng.uniform(-1, 1, dim))
     clients = [_Client(f"c{i:04d}", settings, update) for i in range(n)]
-    server = SecAggServerProtection(settings=settings, rng=SecureRNG())
+    server = SecAggServerProtection(settings=settings)
     drops = sorted(rng.choice(n, size=int(round(dropout * n)), replace=False).tolist())
     exchange = Exchange(1, {f"c{i:04d}": 3 for i in drops})  # gone before the masked input
     gm = wire.encode(wire.Kind.GLOBAL_MODEL, {"round": 1, "dim": dim}, wire.vector_to_bytes(torch.zeros(dim)))
@@ -109,7 +109,7 @@ def bench_case(n: int, k: int, dim: int, dropout: float, threshold: float) -> di
     encode_s = float("inf")
     for _ in range(3):
         c0 = time.process_time()
-        settings.codec(n).encode(update.numpy(), SecureRNG())
+        settings.codec(n).encode(update.numpy())
         encode_s = min(encode_s, time.process_time() - c0)
     med = statistics.median(mask_seconds)
     med_cpu = statistics.median(mask_cpu)

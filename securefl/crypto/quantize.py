@@ -2,8 +2,9 @@
 
 A value ``v`` is clipped to ``[-bound, bound]``, scaled by ``2^frac_bits`` and
 rounded *stochastically* (up with probability equal to the fractional part, so the
-encoding is unbiased; Gupta et al., ICML 2015), with the coin flips drawn from a
-:class:`~securefl.privacy.noise.SecureRNG`. Negative integers are stored in two's
+encoding is unbiased; Gupta et al., ICML 2015), with the coin flips drawn from
+``os.urandom``: the rounding of a client's update is secret-dependent, so it never
+comes from a caller-supplied (possibly seeded) generator. Negative integers are stored in two's
 complement. :meth:`FixedPoint.for_sum` picks the largest ``frac_bits`` for which the
 sum of ``clients`` encoded values can never wrap around the modulus, so the
 masked sum decodes exactly (Bonawitz et al., CCS 2017, section 3; Bell et al.,
@@ -13,6 +14,7 @@ CCS 2020). Clipped coordinates are counted and returned, never hidden.
 from __future__ import annotations
 
 import math
+import os
 from dataclasses import dataclass
 
 import numpy as np
@@ -92,12 +94,12 @@ class FixedPoint:
         """The value of one unit in the last place."""
         return 2.0**-self.frac_bits
 
-    def encode(self, values: np.ndarray, rng) -> Encoded:
+    def encode(self, values: np.ndarray) -> Encoded:
         """Clip, scale and stochastically round ``values`` (float) into Z_(2^bits).
 
-        ``rng`` is a :class:`~securefl.privacy.noise.SecureRNG` (anything with
-        ``bytes(n)``); each coordinate takes 32 random bits. Non-finite values
-        are refused (:class:`ProtocolError`); clipped coordinates are counted.
+        Each coordinate takes 32 random bits from ``os.urandom`` (there is no
+        generator argument, so a seeded one cannot leak the rounding). Non-finite
+        values are refused (:class:`ProtocolError`); clipped coordinates are counted.
         """
         v = np.asarray(values, dtype=np.float64)
         if not np.isfinite(v).all():
@@ -109,7 +111,7 @@ class FixedPoint:
         scaled = v * 2.0**self.frac_bits
         low = np.floor(scaled)
         # 32-bit coins: P(up) = ceil(frac * 2^32) / 2^32, within 2^-32 of the fraction
-        coins = np.frombuffer(rng.bytes(4 * v.size), dtype="<u4")
+        coins = np.frombuffer(os.urandom(4 * v.size), dtype="<u4")
         up = coins < (scaled - low) * 2.0**32
         q = low.astype(np.int64) + up
         return Encoded(self.wrap(q), saturated)

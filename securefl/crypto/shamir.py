@@ -6,10 +6,11 @@ a non-zero point ``x_i``. Any ``t`` shares determine the secret by Lagrange
 interpolation at 0; any ``t - 1`` shares are consistent with every possible secret,
 so they reveal nothing about it (perfect secrecy).
 
-The coefficients are drawn uniformly from the field with :class:`SecureRNG` (or
-``os.urandom`` when no generator is given), by rejection sampling so there is no
-modulo bias. Secure aggregation shares 32-byte seeds and X25519 private keys with
-it (Bonawitz et al., CCS 2017).
+The coefficients are drawn uniformly from the field with ``os.urandom``, by
+rejection sampling so there is no modulo bias. There is deliberately no way to pass
+a generator: a caller-supplied (possibly seeded) stream would let anyone who knows
+the seed rebuild the polynomial from a single share. Secure aggregation shares
+32-byte seeds and X25519 private keys with it (Bonawitz et al., CCS 2017).
 """
 
 from __future__ import annotations
@@ -47,10 +48,10 @@ class Share:
         return cls(x, y)
 
 
-def _random_element(rng) -> int:
-    """A uniform field element (rejection sampling on 521-bit draws)."""
+def _random_element() -> int:
+    """A uniform field element from the OS CSPRNG (rejection sampling on 521-bit draws)."""
     while True:
-        raw = rng.bytes(ELEMENT_BYTES) if rng is not None else os.urandom(ELEMENT_BYTES)
+        raw = os.urandom(ELEMENT_BYTES)
         v = int.from_bytes(raw, "big") & PRIME  # keep the low 521 bits
         if v < PRIME:
             return v
@@ -71,11 +72,11 @@ def int_to_secret(value: int) -> bytes:
     return raw[1:]
 
 
-def split(secret: int | bytes, xs: Sequence[int], threshold: int, rng=None) -> list[Share]:
+def split(secret: int | bytes, xs: Sequence[int], threshold: int) -> list[Share]:
     """Shares of ``secret`` at the points ``xs`` such that any ``threshold`` recover it.
 
-    ``rng`` is a :class:`~securefl.privacy.noise.SecureRNG` (anything with
-    ``bytes(n)``); ``None`` uses ``os.urandom``.
+    The random coefficients always come from ``os.urandom`` (no generator argument,
+    so a reproducible one cannot be passed by mistake).
     """
     s = secret_to_int(secret) if isinstance(secret, (bytes, bytearray)) else secret
     if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < PRIME:
@@ -83,7 +84,7 @@ def split(secret: int | bytes, xs: Sequence[int], threshold: int, rng=None) -> l
     _check_points(xs)
     if isinstance(threshold, bool) or not isinstance(threshold, int) or not 1 <= threshold <= len(xs):
         raise ConfigValueError("threshold", threshold, f"must be an integer in [1, {len(xs)}] (number of shares)")
-    coeffs = [s] + [_random_element(rng) for _ in range(threshold - 1)]
+    coeffs = [s] + [_random_element() for _ in range(threshold - 1)]
     shares = []
     for x in xs:
         y = 0

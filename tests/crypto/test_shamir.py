@@ -59,7 +59,7 @@ def test_t_minus_one_shares_fit_every_secret(secret, other, scheme):
 
 
 def test_fewer_than_t_shares_refused_and_wrong_with_t_minus_one():
-    shares = shamir.split(b"k" * 32, [1, 2, 3, 4, 5], 3, SecureRNG())
+    shares = shamir.split(b"k" * 32, [1, 2, 3, 4, 5], 3)
     with pytest.raises(ProtocolError, match="cannot reconstruct"):
         shamir.combine(shares[:2], 3)
     # interpolating t-1 shares as if t-1 were the threshold gives garbage, not the secret
@@ -68,7 +68,7 @@ def test_fewer_than_t_shares_refused_and_wrong_with_t_minus_one():
 
 def test_all_subsets_agree_and_inconsistent_share_detected():
     secret = b"\x00\x01" * 16
-    shares = shamir.split(secret, list(range(1, 7)), 4, SecureRNG())
+    shares = shamir.split(secret, list(range(1, 7)), 4)
     for subset in itertools.combinations(shares, 4):
         assert shamir.combine_bytes(list(subset), 4) == secret
     bad = shares[:4] + [Share(shares[4].x, (shares[4].y + 1) % PRIME)]
@@ -99,3 +99,12 @@ def test_secret_out_of_field_refused():
         shamir.split(PRIME, [1, 2], 2)
     with pytest.raises(ConfigValueError, match="secret"):
         shamir.split(b"x" * 66, [1, 2], 2)
+
+
+def test_split_takes_no_generator_so_a_seeded_one_cannot_leak_coefficients():
+    """F8: the coefficients come from os.urandom only; there is no argument through
+    which a reproducible (seeded) generator could reach them."""
+    with pytest.raises(TypeError):
+        shamir.split(b"s" * 32, [1, 2, 3], 2, SecureRNG.from_seed(0))  # type: ignore[call-arg]
+    with pytest.raises(TypeError):
+        shamir.split(b"s" * 32, [1, 2, 3], 2, rng=SecureRNG())  # type: ignore[call-arg]

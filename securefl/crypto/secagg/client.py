@@ -15,6 +15,13 @@ neighbours):
 4. consistency check (malicious option): sign the set of survivors;
 5. unmask: reveal ``b``-shares of survivors and ``s^SK``-shares of dropped
    neighbours, never both for one client, and only once per round.
+
+Against a malicious server (Bonawitz et al., section 6) the client trusts no key
+the server relays: every signature is checked against a :class:`Roster` pinned out
+of band, and a cohort naming anyone outside it is refused. Whatever the mode, the
+client refuses any cohort, neighbourhood or released sum below its own
+``min_clients``, and a :class:`RoundGuard` lets it advertise each round number at
+most once, so an old round cannot be rerun with another cohort and differenced.
 """
 
 from __future__ import annotations
@@ -28,9 +35,13 @@ import torch
 
 from securefl.crypto import primitives as P
 from securefl.crypto import shamir
+from securefl.crypto.identity import Identity, Roster
+from securefl.crypto.quantize import FixedPoint
+from securefl.crypto.replay import RoundGuard
 from securefl.crypto.secagg.common import (
     SecAggSettings,
     advert_transcript,
+    check_party,
     b64,
     channel_info,
     distributed_noise_stddev,
@@ -44,6 +55,9 @@ from securefl.crypto.secagg.common import (
 )
 from securefl.exceptions import ConfigValueError, ProtocolError
 from securefl.transport import wire
+
+#: the RoundGuard stage: a round number is advertised (keys issued) at most once
+ADVERTISE_STAGE = "secagg-advertise"
 
 # stage markers
 _ADVERTISED, _SHARED, _READY, _MASKED, _SIGNED, _DONE = range(1, 7)
@@ -72,19 +86,43 @@ class _Round:
 
 class SecAggClient:
     """One client's side of the protocol. Secrets (round keys, seeds, shares it
-    holds, the identity key) live only here and are never serialized."""
+    holds, the identity key) live only here and are never serialized.
 
-    def __init__(self, client_id: str, *, settings: SecAggSettings, rng) -> None:
+    Args:
+        client_id: this client's id (as named in the roster).
+        settings: this client's own settings; every parameter the server announces
+            is checked against them, never taken from the server.
+        rng: the generator of this client's distributed-DP noise share and of
+            nothing else (it is seeded under ``reproducible_noise``); keys, seeds,
+            Shamir coefficients and rounding come from the OS CSPRNG.
+        identity: this client's Ed25519 signing key (required with ``malicious``).
+        roster: the members' verification keys, pinned out of band (required with
+            ``malicious``; optional otherwise, and then enforced too).
+        guard: the client's round memory; a round number is advertised at most
+            once, across restarts when the guard has a file (in memory if None).
+    """
+
+    def __init__(
+        self,
+        client_id: str,
+        *,
+        settings: SecAggSettings,
+        rng: Any,
+        identity: Identity | None = None,
+        roster: Roster | None = None,
+        guard: RoundGuard | None = None,
+    ) -> None:
         self.client_id = str(client_id)
         self.settings = settings
-        self.rng = rng
-        self._identity: tuple[bytes, bytes] | None = P.ed25519_keypair() if settings.malicious else None
-        self._directory: dict[str, bytes] | None = None
+        self._noise_rng = rng
+        check_party(self.client_id, settings, identity, roster)
+        self._identity = identity if settings.malicious else None
+        self.roster = roster
+        self.guard = guard if guard is not None else RoundGuard()
         self._rounds: dict[int, _Round] = {}
         self.last_saturated = 0
         self.last_noise_stddev = 0.0  #: per-coordinate std of the last noise share
         self._handlers: dict[wire.Kind, Callable[[wire.Message], bytes]] = {
-            wire.Kind.SECAGG_IDENTITY_REQUEST: self.identity,
             wire.Kind.SECAGG_ADVERTISE_REQUEST: self.advertise,
             wire.Kind.SECAGG_SHARE_REQUEST: self.share_keys,
             wire.Kind.SECAGG_CONSISTENCY_REQUEST: self.consistency,
@@ -93,7 +131,7 @@ class SecAggClient:
 
     @property
     def verification_key(self) -> bytes | None:
-        return self._identity[1] if self._identity else None
+        return self._identity.verification_key if self._identity else None
 
     # ------------------------------------------------------------ dispatch
     def handle(self, raw: bytes) -> bytes:
@@ -113,58 +151,68 @@ class SecAggClient:
     def _reply(self, kind: wire.Kind, round_: int, header: dict[str, Any], payload: bytes = b"") -> bytes:
         return wire.encode(kind, {"round": round_, "client": self.client_id, **header}, payload)
 
-    # ------------------------------------------------------------ set-up
-    def identity(self, msg: wire.Message) -> bytes:
-        """Set-up (malicious option): publish the Ed25519 verification key."""
-        if self._identity is None:
-            raise ProtocolError("identity keys exist only with the malicious-server option")
-        return self._reply(wire.Kind.SECAGG_IDENTITY, 0, {"vk": b64(self._identity[1])})
-
-    def _pin_directory(self, header: Mapping[str, Any]) -> None:
-        raw = header.get("directory")
-        if not isinstance(raw, dict):
-            raise ProtocolError("the malicious-server option needs the identity directory")
-        directory = {str(k): unb64(v, "directory") for k, v in raw.items()}
-        if self._directory is None:
-            if directory.get(self.client_id) != self.verification_key:
-                raise ProtocolError("the directory does not hold this client's own identity key")
-            self._directory = directory  # trusted on first use; changes are refused afterwards
-        else:
-            for k, v in directory.items():
-                if self._directory.get(k, v) != v:
-                    raise ProtocolError(f"identity key of {k} changed since it was pinned")
-            self._directory = {**directory, **self._directory}
+    def _refuse_small(self, count: int, what: str) -> None:
+        if count < self.settings.min_clients:
+            raise ProtocolError(
+                f"client {self.client_id}: {what} has {count} clients, below this client's "
+                f"min_clients {self.settings.min_clients}; refusing"
+            )
 
     # ------------------------------------------------------------ stage 1
-    def advertise(self, msg: wire.Message) -> bytes:
-        h = msg.header
-        r = field(h, "round", int)
-        if r in self._rounds:
-            raise ProtocolError(f"round {r} was already started")
-        roster = id_list(h.get("roster"), "roster")
-        neighbors = id_list(h.get("neighbors"), "neighbors")
-        n = len(roster)
+    def _check_cohort(self, roster: list[str], neighbors: list[str]) -> None:
+        """The server's cohort: pinned members only, at least ``min_clients``, and a
+        neighbourhood of the size this client's own settings call for."""
+        if self.roster is not None:
+            self.roster.check_members(roster, f"advertise request to {self.client_id}: the cohort")
+        self._refuse_small(len(roster), "the advertised cohort")
         if self.client_id not in roster or self.client_id in neighbors or not set(neighbors) <= set(roster):
             raise ProtocolError("roster and neighbour list are inconsistent")
-        if len(neighbors) != self.settings.degree(n):
-            raise ProtocolError(f"expected {self.settings.degree(n)} neighbours, got {len(neighbors)}")
+        degree = self.settings.degree(len(roster))
+        if len(neighbors) != degree:
+            raise ProtocolError(f"expected {degree} neighbours, got {len(neighbors)}")
+
+    def _check_parameters(self, h: Mapping[str, Any], n: int) -> tuple[int, FixedPoint]:
+        """Threshold and ring: computed from this client's settings; the server's
+        announcement must match them (a lower threshold or another ring is refused)."""
+        try:
+            codec = self.settings.codec(n)
+        except ConfigValueError as exc:
+            raise ProtocolError(f"a cohort of {n} does not fit this client's ring: {exc}") from None
         t = self.settings.threshold_for(n)
-        codec = self.settings.codec(n)
-        if field(h, "threshold", int) != t or field(h, "frac_bits", int) != codec.frac_bits:
-            raise ProtocolError(f"server parameters (threshold, frac_bits) differ from this client's ({t}, {codec.frac_bits})")
-        if self.settings.malicious:
-            self._pin_directory(h)
+        bits, threshold = field(h, "bits", int), field(h, "threshold", int)
+        if bits != codec.bits:
+            raise ProtocolError(f"server ring Z_2^{bits} differs from this client's secagg_bits {codec.bits}")
+        if threshold < t:
+            raise ProtocolError(f"server threshold {threshold} is below this client's threshold {t}; refusing")
+        if threshold != t or field(h, "frac_bits", int) != codec.frac_bits:
+            raise ProtocolError(
+                f"server parameters (threshold, frac_bits) differ from this client's ({t}, {codec.frac_bits})"
+            )
+        return t, codec
+
+    def advertise(self, msg: wire.Message) -> bytes:
+        """Stage 1: check the cohort and parameters, record the round (never again),
+        then send fresh round keys (signed in the malicious option)."""
+        h = msg.header
+        r = field(h, "round", int)
+        roster = id_list(h.get("roster"), "roster")
+        neighbors = id_list(h.get("neighbors"), "neighbors")
+        self._check_cohort(roster, neighbors)
+        t, codec = self._check_parameters(h, len(roster))
+        self.guard.advance(ADVERTISE_STAGE, r)  # ReplayError for a round at or below the last one
         c_sk, c_pk = P.x25519_keypair()
         s_sk, s_pk = P.x25519_keypair()
         st = _Round(r, roster, neighbors, t, codec, c_sk, c_pk, s_sk, s_pk, os.urandom(32))
         self._rounds = {r: st}  # older rounds' secrets are dropped
         out = {"c_pk": b64(c_pk), "s_pk": b64(s_pk)}
         if self._identity is not None:
-            out["sig"] = b64(P.sign(self._identity[0], advert_transcript(r, self.client_id, c_pk, s_pk)))
+            out["sig"] = b64(self._identity.sign(advert_transcript(r, self.client_id, c_pk, s_pk)))
         return self._reply(wire.Kind.SECAGG_KEYS, r, out)
 
     # ------------------------------------------------------------ stage 2
     def share_keys(self, msg: wire.Message) -> bytes:
+        """Stage 2: verify each neighbour's keys against the pinned roster (malicious
+        option), refuse too few of them, then send encrypted Shamir shares."""
         st = self._state(msg.header, _ADVERTISED, "share-keys")
         keys = msg.header.get("keys")
         if not isinstance(keys, dict) or not set(keys) <= set(st.neighbors):
@@ -178,17 +226,21 @@ class SecAggClient:
                 raise ProtocolError(f"keys of {v} are malformed or repeated")
             seen |= {c_pk, s_pk}
             if self.settings.malicious:
-                assert self._directory is not None
-                vk = self._directory.get(v)
-                if vk is None or not P.verify(vk, unb64(entry.get("sig"), "sig"), advert_transcript(st.round, v, c_pk, s_pk)):
-                    raise ProtocolError(f"advertised keys of {v} carry no valid signature")
+                assert self.roster is not None
+                sig = unb64(entry.get("sig"), "sig")
+                if not self.roster.verify(v, sig, advert_transcript(st.round, v, c_pk, s_pk)):
+                    raise ProtocolError(f"advertised keys of {v} carry no valid signature under its pinned key")
             st.peers[v] = (c_pk, s_pk)
-        if len(st.peers) + 1 < st.threshold:
-            raise ProtocolError(f"only {len(st.peers) + 1} share holders, below the threshold {st.threshold}")
+        floor = self.settings.neighborhood_floor(len(st.roster))
+        if len(st.peers) + 1 < floor:
+            raise ProtocolError(
+                f"client {self.client_id}: only {len(st.peers)} neighbours' keys, need {floor - 1} "
+                f"(threshold {st.threshold}, min_clients {self.settings.min_clients}); refusing to share"
+            )
         holders = sorted(st.peers) + [self.client_id]
         xs = [st.roster.index(v) + 1 for v in holders]
-        b_shares = shamir.split(st.seed, xs, st.threshold, self.rng)
-        sk_shares = shamir.split(st.s_sk, xs, st.threshold, self.rng)
+        b_shares = shamir.split(st.seed, xs, st.threshold)  # coefficients from os.urandom
+        sk_shares = shamir.split(st.s_sk, xs, st.threshold)
         out: dict[str, str] = {}
         for v, sb, ss in zip(holders, b_shares, sk_shares):
             if v == self.client_id:
@@ -214,8 +266,12 @@ class SecAggClient:
         cts = info.get("ciphertexts")
         if not set(maskers) <= set(st.peers) or not isinstance(cts, dict) or set(cts) != set(maskers):
             raise ProtocolError("masking set must be advertised neighbours, each with one share ciphertext")
-        if len(maskers) + 1 < st.threshold:
-            raise ProtocolError(f"only {len(maskers) + 1} clients completed key sharing, below the threshold {st.threshold}")
+        floor = self.settings.neighborhood_floor(len(st.roster))
+        if len(maskers) + 1 < floor:
+            raise ProtocolError(
+                f"only {len(maskers) + 1} clients completed key sharing, below {floor} "
+                f"(threshold {st.threshold}, min_clients {self.settings.min_clients})"
+            )
         my_x = st.roster.index(self.client_id) + 1
         for v in maskers:
             key = P.agree(st.c_sk, st.peers[v][0], channel_info(st.round))
@@ -228,9 +284,25 @@ class SecAggClient:
         st.maskers = sorted(maskers)
         st.stage = _READY
 
+    def _clip(self, values: np.ndarray, weight: float) -> tuple[np.ndarray, int]:
+        """Clip to this client's own bounds: each coordinate to ``+-weight * clip``
+        (counted), and under distributed DP the L2 norm to ``clip`` too, so the noise
+        share is calibrated to the sensitivity whatever clip the server announced."""
+        v = np.asarray(values, dtype=np.float64)
+        if not np.isfinite(v).all():
+            raise ProtocolError("update contains NaN or infinity")
+        if self.settings.noise_multiplier > 0:
+            norm = float(np.linalg.norm(v))
+            if norm > self.settings.clip:
+                v = v * (self.settings.clip / norm)
+        limit = weight * self.settings.clip
+        over = np.abs(v) > limit
+        saturated = int(over.sum())
+        return (np.clip(v, -limit, limit) if saturated else v), saturated
+
     def masked_input(self, values: np.ndarray, weight: float, aux: Mapping[str, float], header: Mapping[str, Any]) -> bytes:
-        """Encode ``values`` (= n_k * Delta_k) and the auxiliary counters, mask them
-        and return the SECAGG_MASKED_INPUT message."""
+        """Encode ``values`` (= n_k * Delta_k) and the auxiliary counters, add this
+        client's DP noise share, mask them and return the SECAGG_MASKED_INPUT message."""
         st = self._state(header, _READY, "masked-input")
         if not 0 < weight <= self.settings.max_weight:
             raise ConfigValueError(
@@ -240,22 +312,16 @@ class SecAggClient:
         extra = np.array([float(aux[k]) for k in keys], dtype=np.float64)
         if np.any(~np.isfinite(extra)) or np.any(np.abs(extra) > self.settings.bound):
             raise ProtocolError(f"auxiliary counters {dict(aux)} exceed the encoding bound {self.settings.bound:g}")
-        v = np.asarray(values, dtype=np.float64)
-        if not np.isfinite(v).all():
-            raise ProtocolError("update contains NaN or infinity")
-        limit = weight * self.settings.clip
-        over = np.abs(v) > limit
-        saturated = int(over.sum())
-        if saturated:
-            v = np.clip(v, -limit, limit)
+        v, saturated = self._clip(values, weight)
         codec = st.codec
-        enc = codec.encode(np.concatenate([v, extra]), self.rng)
-        values = enc.values
+        values = codec.encode(np.concatenate([v, extra])).values  # rounding coins from os.urandom
+        # sigma from this client's own settings and threshold only; nothing the server sends lowers it
         sigma = distributed_noise_stddev(self.settings, dim=v.size, threshold=st.threshold, resolution=codec.resolution)
         self.last_noise_stddev = sigma
         if sigma > 0:
-            # this client's share of the DP noise, on the grid, before any mask
-            noise = self.rng.normal((v.size,), sigma / codec.resolution, dtype=torch.float64).numpy()
+            # this client's share of the DP noise, on the grid, before any mask: the
+            # only draw from the (possibly seeded) noise generator
+            noise = self._noise_rng.normal((v.size,), sigma / codec.resolution, dtype=torch.float64).numpy()
             signed = codec.signed(values)
             signed[: v.size] += np.rint(noise).astype(np.int64)
             values = codec.wrap(signed)
@@ -274,6 +340,7 @@ class SecAggClient:
 
     # ------------------------------------------------------------ stage 4
     def consistency(self, msg: wire.Message) -> bytes:
+        """Stage 4 (malicious option): sign the survivor set, if it is large enough."""
         st = self._state(msg.header, _MASKED, "consistency")
         if self._identity is None:
             raise ProtocolError("consistency check is part of the malicious-server option only")
@@ -282,13 +349,19 @@ class SecAggClient:
             raise ProtocolError("survivor list is inconsistent with the roster")
         if len(survivors) < st.threshold:
             raise ProtocolError(f"{len(survivors)} survivors, below the threshold {st.threshold}")
+        self._refuse_small(len(survivors), "the survivor set to sign")
         st.signed = sorted(survivors)
         st.stage = _SIGNED
-        sig = P.sign(self._identity[0], survivors_transcript(st.round, st.signed))
+        sig = self._identity.sign(survivors_transcript(st.round, st.signed))
         return self._reply(wire.Kind.SECAGG_SIGNATURE, st.round, {"sig": b64(sig)})
 
     # ------------------------------------------------------------ stage 5
     def unmask(self, msg: wire.Message) -> bytes:
+        """Stage 5: reveal self-mask shares of survivors and key shares of dropped
+        neighbours, never both for one client, once, and only for a sum of at least
+        ``min_clients`` inputs: its own survivors with the complete graph; the
+        valid consistency signatures (malicious option) or the announced cohort
+        (honest-but-curious server) otherwise."""
         h = msg.header
         r = field(h, "round", int)
         st = self._rounds.get(r)
@@ -308,16 +381,33 @@ class SecAggClient:
         if self.client_id not in survivors:
             raise ProtocolError("this client's own masked input is missing from the survivor list")
         if self.settings.malicious:
-            self._check_signatures(st, h, survivors, dropped)
+            released = self._check_signatures(st, h, survivors, dropped)
+        else:
+            released = self._check_announced_cohort(st, h, survivors)
+        if len(st.neighbors) == len(st.roster) - 1:
+            # complete graph: every input in the sum is one this client masked with
+            released = min(released, len(survivors))
         if len(survivors) < st.threshold:
             raise ProtocolError(f"{len(survivors)} survivors, below the threshold {st.threshold}; revealing nothing")
+        self._refuse_small(released, "the sum to unmask")
         st.stage = _DONE
         b_out = {v: b64((st.own_b if v == self.client_id else st.held[v][0]).to_bytes()) for v in survivors}
         sk_out = {v: b64(st.held[v][1].to_bytes()) for v in dropped}
         return self._reply(wire.Kind.SECAGG_UNMASK, st.round, {"b": b_out, "sk": sk_out})
 
-    def _check_signatures(self, st: _Round, h: Mapping[str, Any], survivors: list[str], dropped: list[str]) -> None:
-        assert self._directory is not None and st.signed is not None
+    def _check_announced_cohort(self, st: _Round, h: Mapping[str, Any], survivors: list[str]) -> int:
+        """Honest-but-curious option: the server names every input in the sum; it must
+        agree with what this client knows (its own neighbourhood) and the roster."""
+        cohort = set(id_list(h.get("cohort"), "cohort"))
+        known = set(st.neighbors) | {self.client_id}
+        if not cohort <= set(st.roster) or cohort & known != set(survivors):
+            raise ProtocolError("the announced cohort disagrees with the survivor list or the roster")
+        return len(cohort)
+
+    def _check_signatures(self, st: _Round, h: Mapping[str, Any], survivors: list[str], dropped: list[str]) -> int:
+        """Check the lists against the signed set; return how many members validly
+        signed it under their pinned keys (each one really masked an input)."""
+        assert self.roster is not None and st.signed is not None
         signed = set(st.signed)
         # derive what to reveal from the signed set, never from the server's lists
         if set(survivors) != (set(st.maskers) | {self.client_id}) & signed or set(dropped) != set(st.maskers) - signed:
@@ -326,10 +416,9 @@ class SecAggClient:
         if not isinstance(sigs, dict):
             raise ProtocolError("unmasking request carries no consistency signatures")
         transcript = survivors_transcript(st.round, st.signed)
-        valid = sum(
-            1
-            for v, s in sigs.items()
-            if v in signed and v in self._directory and P.verify(self._directory[v], unb64(s, "signature"), transcript)
-        )
+        roster = self.roster
+        valid = sum(1 for v, s in sigs.items() if v in signed and roster.verify(v, unb64(s, "signature"), transcript))
         if valid < st.threshold:
             raise ProtocolError(f"only {valid} valid consistency signatures, need {st.threshold}")
+        return valid
+

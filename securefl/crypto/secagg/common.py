@@ -11,6 +11,7 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from securefl.crypto.identity import Identity, Roster
 from securefl.crypto.quantize import FixedPoint
 from securefl.crypto.secagg.graph import recommended_neighbors, share_threshold
 from securefl.exceptions import ConfigTypeError, ConfigValueError, ProtocolError
@@ -36,6 +37,9 @@ class SecAggSettings:
             survivors' shares sum to at least N(0, (z S)^2) per coordinate and no
             party, the server included, sees an un-noised sum (after Kairouz, Liu and
             Steinke, ICML 2021; see :func:`distributed_noise_stddev`).
+        min_clients: smallest cohort whose sum this party helps release
+            (``ProtectConfig.min_clients``). A client refuses a smaller cohort at
+            every stage, whatever the server says; the server aborts below it.
     """
 
     clip: float = 1.0
@@ -45,6 +49,7 @@ class SecAggSettings:
     neighbors: int = 0
     malicious: bool = False
     noise_multiplier: float = 0.0
+    min_clients: int = 3
 
     def __post_init__(self) -> None:
         for name in ("clip", "max_weight", "threshold"):
@@ -73,6 +78,14 @@ class SecAggSettings:
             raise ConfigTypeError("noise_multiplier", self.noise_multiplier, "must be a number")
         if not 0 <= self.noise_multiplier < float("inf"):
             raise ConfigValueError("noise_multiplier", self.noise_multiplier, "must be >= 0 and finite")
+        if self.noise_multiplier > 0 and self.max_weight != 1:
+            raise ConfigValueError(
+                "secagg_max_weight", self.max_weight, "distributed DP calibrates to unit-weight updates (dp='client'): must be 1"
+            )
+        if isinstance(self.min_clients, bool) or not isinstance(self.min_clients, int):
+            raise ConfigTypeError("min_clients", self.min_clients, "must be an integer")
+        if self.min_clients < 2:
+            raise ConfigValueError("min_clients", self.min_clients, "must be >= 2")
         if self.malicious and self.threshold <= 2 / 3:
             raise ConfigValueError(
                 "secagg_threshold", self.threshold, "the malicious-server option needs a threshold above 2/3"
@@ -97,6 +110,21 @@ class SecAggSettings:
     def threshold_for(self, clients: int) -> int:
         """Shares needed per secret: each is held by the client and its neighbours."""
         return share_threshold(self.degree(clients) + 1, self.threshold)
+
+    def cohort_floor(self, clients: int) -> int:
+        """Fewest clients (in a round of ``clients``) that may be in a released sum:
+        the share threshold and ``min_clients``, whichever is larger."""
+        return max(self.threshold_for(clients), self.min_clients)
+
+    def neighborhood_floor(self, clients: int) -> int:
+        """Fewest live members of a client's neighbourhood, itself included. With the
+        complete graph the neighbourhood is the cohort, so this is
+        :meth:`cohort_floor`; a SecAgg+ neighbourhood (often smaller than
+        ``min_clients``) needs only the share threshold, and ``min_clients`` is
+        enforced on the cohort and on the released sum instead."""
+        if self.degree(clients) == clients - 1:
+            return self.cohort_floor(clients)
+        return self.threshold_for(clients)
 
 
 # ------------------------------------------------------------------ encodings
@@ -177,3 +205,24 @@ def distributed_noise_stddev(settings: SecAggSettings, *, dim: int, threshold: i
         return 0.0
     sensitivity = settings.clip + math.sqrt(dim) * resolution
     return settings.noise_multiplier * sensitivity / math.sqrt(threshold)
+
+
+def check_party(client_id: str, settings: SecAggSettings, identity: Identity | None, roster: Roster | None) -> None:
+    """Refuse at construction a client that could not check who it talks to."""
+    if roster is not None and not isinstance(roster, Roster):
+        raise ConfigTypeError("roster", type(roster).__name__, "must be a securefl.crypto.identity.Roster")
+    if identity is not None and not isinstance(identity, Identity):
+        raise ConfigTypeError("identity", type(identity).__name__, "must be a securefl.crypto.identity.Identity")
+    if settings.malicious and roster is None:
+        raise ConfigValueError(
+            "roster", None, "secagg_malicious needs a roster of verification keys pinned out of band"
+        )
+    if settings.malicious and identity is None:
+        raise ConfigValueError("identity", None, f"secagg_malicious needs the signing key of client {client_id}")
+    if identity is not None and identity.client_id != client_id:
+        raise ConfigValueError("identity", identity.client_id, f"is not the identity of client {client_id}")
+    if roster is not None:
+        if client_id not in roster:
+            raise ConfigValueError("roster", sorted(roster.members), f"does not list client {client_id}")
+        if identity is not None and roster.key(client_id) != identity.verification_key:
+            raise ConfigValueError("roster", client_id, "pins another verification key than this client's identity")

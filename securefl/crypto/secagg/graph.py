@@ -4,12 +4,15 @@ k-regular Harary graph (SecAgg+, Bell et al., CCS 2020), and the share threshold
 In SecAgg+ each client exchanges masks and key shares only with its ``k``
 neighbours, so its cost is O(k * d) instead of O(n * d). The graph is the Harary
 graph H(n, k) (node ``i`` linked to ``i +- 1 .. i +- k/2`` modulo ``n``) on a
-uniformly random relabelling of the clients drawn with a CSPRNG, as in Bell et al.
+uniformly random relabelling of the clients drawn from ``os.urandom``, as in Bell
+et al. There is no generator argument: a relabelling predictable from a user seed
+would let corrupt clients know in advance whose neighbours they will be.
 """
 
 from __future__ import annotations
 
 import math
+import os
 from typing import Sequence
 
 from securefl.exceptions import ConfigValueError
@@ -29,7 +32,16 @@ def recommended_neighbors(n: int) -> int:
     return min(k, n - 1 - (n - 1) % 2) if n > 2 else n - 1
 
 
-def build_graph(roster: Sequence[str], neighbors: int, rng) -> dict[str, list[str]]:
+def _below(bound: int) -> int:
+    """A uniform integer in ``[0, bound)`` from the OS CSPRNG, without modulo bias."""
+    limit = (1 << 64) - ((1 << 64) % bound)
+    while True:
+        x = int.from_bytes(os.urandom(8), "little")
+        if x < limit:
+            return x % bound
+
+
+def build_graph(roster: Sequence[str], neighbors: int) -> dict[str, list[str]]:
     """Neighbour lists for ``roster``: complete if ``neighbors`` is 0 or at least
     ``n - 1``, else a random Harary graph of even degree ``neighbors``."""
     n = len(roster)
@@ -38,8 +50,8 @@ def build_graph(roster: Sequence[str], neighbors: int, rng) -> dict[str, list[st
     if neighbors < 2 or neighbors % 2:
         raise ConfigValueError("secagg_neighbors", neighbors, "must be 0 (complete graph) or an even number >= 2")
     order = list(roster)
-    for i in range(n - 1, 0, -1):  # Fisher-Yates with the secure generator
-        j = rng.below(i + 1)
+    for i in range(n - 1, 0, -1):  # Fisher-Yates with the OS CSPRNG
+        j = _below(i + 1)
         order[i], order[j] = order[j], order[i]
     half = neighbors // 2
     graph: dict[str, set[str]] = {u: set() for u in roster}

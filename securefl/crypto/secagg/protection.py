@@ -6,6 +6,12 @@ and masks its weighted update in :meth:`~SecAggClientProtection.seal`, called by
 drives the stages over the round's :class:`~securefl.protect.Exchange` and returns
 only the unmasked sum: ``sum n_k * Delta_k`` and ``sum n_k`` (weighted FedAvg),
 plus the summed count of clipped coordinates.
+
+Who is who: with ``secagg_malicious`` both halves need the federation's
+:class:`~securefl.crypto.identity.Roster` (verification keys pinned out of band) and
+each client its own :class:`~securefl.crypto.identity.Identity`; the server relays
+no keys of its own. The ``rng`` a factory receives is for the distributed-DP noise
+share only; everything else is drawn from the OS CSPRNG.
 """
 
 from __future__ import annotations
@@ -14,10 +20,12 @@ from typing import TYPE_CHECKING, Any, Callable, Sequence
 
 import torch
 
+from securefl.crypto.identity import Identity, Roster
+from securefl.crypto.replay import RoundGuard
 from securefl.crypto.secagg.client import SecAggClient
-from securefl.crypto.secagg.common import SecAggSettings, distributed_noise_stddev, unb64
+from securefl.crypto.secagg.common import SecAggSettings, distributed_noise_stddev
 from securefl.crypto.secagg.server import SecAggResult, SecAggServer
-from securefl.exceptions import ProtocolError
+from securefl.exceptions import ConfigTypeError, ConfigValueError
 from securefl.privacy.client_dp import resolve_noise_multiplier
 from securefl.protect import AggregateInput, ClientLike, ClientProtection, Exchange, ServerProtection
 from securefl.transport import wire
@@ -29,7 +37,8 @@ if TYPE_CHECKING:  # pragma: no cover
 def settings_from_config(config: "RunConfig") -> SecAggSettings:
     """The ``secagg_*`` fields of a run. Under client-level DP each update has L2
     norm at most ``clip`` and weight 1, so that clip bounds every coordinate exactly
-    (with adaptive clipping the clip moves: the larger of it and ``secagg_clip``)."""
+    (with adaptive clipping the clip moves: the larger of it and ``secagg_clip``).
+    ``min_clients`` above the federation size could never be met: refused here."""
     p = config.protection
     client_dp = config.dp.dp == "client"
     clip = p.secagg_clip
@@ -47,18 +56,33 @@ def settings_from_config(config: "RunConfig") -> SecAggSettings:
             if p.secagg_distributed_dp
             else 0.0
         ),
+        min_clients=p.min_clients,
     )
+    if p.min_clients > config.clients:
+        raise ConfigValueError(
+            "min_clients", p.min_clients, f"exceeds the federation's {config.clients} clients; no round could release a sum"
+        )
     settings.codec(config.clients)  # the largest round must fit the ring (ConfigValueError otherwise)
     return settings
 
 
 class SecAggClientProtection(ClientProtection):
-    """The client half: holds the round keys, seeds and received shares."""
+    """The client half: holds the round keys, seeds and received shares (see
+    :class:`~securefl.crypto.secagg.client.SecAggClient` for the arguments)."""
 
     name = "secagg"
 
-    def __init__(self, *, client_id: str, settings: SecAggSettings, rng) -> None:
-        self.core = SecAggClient(client_id, settings=settings, rng=rng)
+    def __init__(
+        self,
+        *,
+        client_id: str,
+        settings: SecAggSettings,
+        rng: Any,
+        identity: Identity | None = None,
+        roster: Roster | None = None,
+        guard: RoundGuard | None = None,
+    ) -> None:
+        self.core = SecAggClient(client_id, settings=settings, rng=rng, identity=identity, roster=roster, guard=guard)
 
     def begin(self, header: dict[str, Any]) -> None:
         self.core.receive(header)
@@ -82,39 +106,28 @@ class SecAggServerProtection(ServerProtection):
     name = "secagg"
     sees_individual_updates = False
 
-    def __init__(self, *, settings: SecAggSettings, rng) -> None:
+    def __init__(self, *, settings: SecAggSettings, roster: Roster | None = None) -> None:
+        if roster is not None and not isinstance(roster, Roster):
+            raise ConfigTypeError("roster", type(roster).__name__, "must be a securefl.crypto.identity.Roster")
+        if settings.malicious and roster is None:
+            raise ConfigValueError("roster", None, "secagg_malicious needs a roster of verification keys pinned out of band")
         self.settings = settings
-        self.rng = rng
+        self.roster = roster
         self.stages = 5 if settings.malicious else 4
         self.distributed_noise = settings.noise_multiplier > 0
-        self.directory: dict[str, bytes] = {}
+        #: the pinned verification keys (the server verifies what it relays; clients check again)
+        self.directory: dict[str, bytes] = dict(roster.members) if roster is not None else {}
         self.last_result: SecAggResult | None = None  #: the last round's unmasked sum
-
-    def setup(self, clients: Sequence[ClientLike], exchange: Exchange) -> None:
-        """Malicious option: collect each client's Ed25519 verification key once. The
-        directory stands in for a PKI; clients pin it on first use (see SECURITY)."""
-        if not self.settings.malicious:
-            return
-        request = wire.encode(wire.Kind.SECAGG_IDENTITY_REQUEST, {"round": 0})
-        for c in clients:
-            raw = exchange.send(c, request)
-            if raw is None:
-                continue
-            msg = wire.decode(raw, expect=wire.Kind.SECAGG_IDENTITY)
-            if msg.header.get("client") != c.client_id:
-                raise ProtocolError(f"identity reply names {msg.header.get('client')!r}, expected {c.client_id!r}")
-            self.directory[c.client_id] = unb64(msg.header.get("vk"), "vk")
 
     def aggregate(
         self, clients: Sequence[ClientLike], global_message: bytes, dim: int, exchange: Exchange
     ) -> AggregateInput | None:
         by_id = {c.client_id: c for c in clients}
-        roster = [cid for cid in by_id if not self.settings.malicious or cid in self.directory]
+        # clients outside the pinned roster would refuse the whole cohort: leave them out
+        roster = [cid for cid in by_id if self.roster is None or cid in self.roster]
         if not roster:
             return None
-        server = SecAggServer(
-            exchange.round, roster, settings=self.settings, rng=self.rng, directory=self.directory
-        )
+        server = SecAggServer(exchange.round, roster, settings=self.settings, directory=self.directory)
 
         def ask(ids: Sequence[str], make: Callable[[str], bytes], method: str = "handle") -> dict[str, bytes | None]:
             return {u: exchange.send(by_id[u], make(u), method=method) for u in ids}
@@ -162,9 +175,23 @@ class SecAggServerProtection(ServerProtection):
         )
 
 
-def client_factory(config: "RunConfig", client_id: str, rng) -> SecAggClientProtection:
-    return SecAggClientProtection(client_id=client_id, settings=settings_from_config(config), rng=rng)
+def client_factory(
+    config: "RunConfig",
+    client_id: str,
+    rng: Any,
+    *,
+    identity: Identity | None = None,
+    roster: Roster | None = None,
+    guard: RoundGuard | None = None,
+) -> SecAggClientProtection:
+    """The client half; ``rng`` draws the distributed-DP noise share and nothing else."""
+    return SecAggClientProtection(
+        client_id=client_id, settings=settings_from_config(config), rng=rng, identity=identity, roster=roster, guard=guard
+    )
 
 
-def server_factory(config: "RunConfig", rng) -> SecAggServerProtection:
-    return SecAggServerProtection(settings=settings_from_config(config), rng=rng)
+def server_factory(config: "RunConfig", rng: Any, *, roster: Roster | None = None) -> SecAggServerProtection:
+    """The server half; it draws no noise (``rng`` is unused: the SecAgg+ graph comes
+    from the OS CSPRNG)."""
+    del rng
+    return SecAggServerProtection(settings=settings_from_config(config), roster=roster)

@@ -6,8 +6,10 @@ builds the message for one client; each ``collect_*`` method takes the replies
 The server learns the public keys, the share *ciphertexts* it routes, the masked
 inputs (uniform in Z_(2^bits) to it), and at the end enough shares to remove the
 masks of the survivors' sum: self-mask seeds of survivors and mask keys of clients
-that dropped after sharing. If a secret it needs has fewer than ``t`` live holders
-it raises :class:`~securefl.exceptions.SecAggAbortError` and the round is void.
+that dropped after sharing. If a secret it needs has fewer than ``t`` live holders,
+or the cohort falls below its ``min_clients`` (the floor its clients apply too), it
+raises :class:`~securefl.exceptions.SecAggAbortError` and the round is void, so an
+honest round never reaches a request an honest client would refuse.
 """
 
 from __future__ import annotations
@@ -55,9 +57,11 @@ class SecAggServer:
         roster: list[str],
         *,
         settings: SecAggSettings,
-        rng,
         directory: Mapping[str, bytes] | None = None,
     ) -> None:
+        """``roster`` is this round's cohort; ``directory`` the pinned verification
+        keys (:attr:`securefl.crypto.identity.Roster.members`), needed with the
+        malicious option. The SecAgg+ graph is drawn from the OS CSPRNG."""
         if len(set(roster)) != len(roster):
             raise ProtocolError("roster has duplicate client ids")
         self.round = round_
@@ -65,14 +69,17 @@ class SecAggServer:
         self.settings = settings
         n = len(self.roster)
         self.threshold = settings.threshold_for(n) if n >= 2 else 2
-        if n < 2 or n < self.threshold:
-            raise SecAggAbortError(len(roster), self.threshold, "advertise")
+        #: fewest inputs a released sum may hold (threshold or min_clients)
+        self.floor = settings.cohort_floor(n) if n >= 2 else max(2, settings.min_clients)
+        if n < 2 or n < self.floor:
+            raise SecAggAbortError(len(roster), self.floor, "advertise")
+        self.local_floor = settings.neighborhood_floor(n)
         self.codec = settings.codec(n)
         degree = settings.degree(n)
-        self.graph = build_graph(self.roster, 0 if degree == n - 1 else degree, rng)
+        self.graph = build_graph(self.roster, 0 if degree == n - 1 else degree)
         self.directory = dict(directory or {})
         if settings.malicious and set(self.roster) - set(self.directory):
-            raise ProtocolError("malicious-server option: some clients have no registered identity key")
+            raise ProtocolError("malicious-server option: some clients are not in the pinned roster")
         self.keys: dict[str, dict[str, str]] = {}  # u1: advertised keys (base64 wire form)
         self.u2: list[str] = []
         self.routed: dict[str, dict[str, str]] = {}  # recipient -> sender -> ciphertext
@@ -89,16 +96,17 @@ class SecAggServer:
         return self.roster.index(v) + 1
 
     def _abort_if_short(self, alive: list[str], stage: str) -> None:
-        if len(alive) < self.threshold:
-            raise SecAggAbortError(len(alive), self.threshold, stage)
+        if len(alive) < self.floor:
+            raise SecAggAbortError(len(alive), self.floor, stage)
 
     def _prune(self, alive: set[str]) -> set[str]:
-        """Drop clients whose live neighbourhood (plus themselves) is below the threshold."""
+        """Drop clients whose live neighbourhood (plus themselves) is below what an
+        honest client accepts (:meth:`SecAggSettings.neighborhood_floor`)."""
         changed = True
         while changed:
             changed = False
             for u in sorted(alive):
-                if len(set(self.graph[u]) & alive) + 1 < self.threshold:
+                if len(set(self.graph[u]) & alive) + 1 < self.local_floor:
                     alive.discard(u)
                     changed = True
         return alive
@@ -119,10 +127,9 @@ class SecAggServer:
             "roster": self.roster,
             "neighbors": self.graph[u],
             "threshold": self.threshold,
+            "bits": self.codec.bits,
             "frac_bits": self.codec.frac_bits,
         }
-        if self.settings.malicious:
-            h["directory"] = {v: b64(self.directory[v]) for v in [u, *self.graph[u]]}
         return wire.encode(wire.Kind.SECAGG_ADVERTISE_REQUEST, h)
 
     def collect_keys(self, replies: Mapping[str, bytes | None]) -> list[str]:
@@ -253,6 +260,7 @@ class SecAggServer:
             "round": self.round,
             "survivors": sorted([v for v in maskers if v in self.u3] + [u]),
             "dropped": [v for v in maskers if v not in self.u3],
+            "cohort": sorted(self.u3),  # every input in the sum (clients check it against what they know)
         }
         if self.settings.malicious:
             h["signatures"] = self.signatures

@@ -61,6 +61,34 @@ def test_inputs_come_back_under_the_noise():
     assert agg.stats["saturated"] == 0
 
 
+def test_noise_share_comes_from_the_clients_own_settings():
+    """A server configured without noise (or announcing anything else) cannot lower
+    a client's noise share: it is computed from the client's own z, clip and
+    threshold, and never sent by the server."""
+    s = SecAggSettings(clip=S, max_weight=1.0, threshold=0.6, noise_multiplier=1.2)
+    quiet = SecAggSettings(clip=S, max_weight=1.0, threshold=0.6, noise_multiplier=1.0)  # same ring, lower z
+    assert quiet.codec(5).frac_bits == s.codec(5).frac_bits
+    clients, server = federation(s, [np.zeros(DIM) for _ in range(5)], server_settings=quiet)
+    server.aggregate(clients, global_model(1, DIM), DIM, RecordingExchange(1))
+    codec = s.codec(5)
+    share = distributed_noise_stddev(s, dim=DIM, threshold=s.threshold_for(5), resolution=codec.resolution)
+    assert all(c.protection.core.last_noise_stddev == pytest.approx(share) for c in clients)
+    total = codec.decode(server.last_result.ring_sum[:DIM])
+    assert float(np.std(total)) == pytest.approx(share * math.sqrt(5), rel=0.03)
+
+
+def test_update_is_l2_clipped_to_the_clients_own_clip():
+    """Under distributed DP the client clips the L2 norm to its own S, so a larger
+    clip announced by the server cannot raise the sensitivity the noise covers."""
+    s = SecAggSettings(clip=S, max_weight=1.0, threshold=0.6, noise_multiplier=1e-3)
+    big = np.full(DIM, 0.4)  # each coordinate inside +-S, L2 norm 0.4 * sqrt(DIM) >> S
+    clients, server = federation(s, [big] * 4)
+    agg = server.aggregate(clients, global_model(1, DIM), DIM, RecordingExchange(1))
+    total = agg.total.double().numpy()
+    assert np.linalg.norm(total) == pytest.approx(4 * S, rel=0.01)
+    assert agg.stats["saturated"] == 0
+
+
 def test_no_noise_without_the_option():
     s = SecAggSettings(clip=S, max_weight=1.0, threshold=0.6)
     clients, server = federation(s, [np.zeros(DIM) for _ in range(5)])
@@ -113,10 +141,11 @@ def test_federation_with_distributed_dp_adds_no_central_noise(monkeypatch):
     monkeypatch.setattr(server_mod, "noisy_average", spy)
     base = {"dataset": "synthetic", "clients": 6, "rounds": 2, "model": "logreg", "dp": "client",
             "noise_multiplier": 1.0, "clip": 0.5, "protect": "secagg", "seed": 0}
-    ddp = Simulation(RunConfig.from_flat({**base, "secagg_distributed_dp": True})).run()
+    seen = []  # the server's own round results (the released metrics withhold cohort-dependent stats)
+    ddp = Simulation(RunConfig.from_flat({**base, "secagg_distributed_dp": True})).run(on_round=seen.append)
     assert calls == [0.0, 0.0]
     rounds = ddp.metrics["rounds"]
-    assert all(r["protection"]["noise_stddev"] >= 0.5 for r in rounds)
+    assert len(seen) == 2 and all(r.protection["noise_stddev"] >= 0.5 for r in seen)
     calls.clear()
     central = Simulation(RunConfig.from_flat(base)).run()
     assert calls == [1.0, 1.0]

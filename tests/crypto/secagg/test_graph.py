@@ -4,13 +4,12 @@ import pytest
 
 from securefl.crypto.secagg.graph import build_graph, recommended_neighbors, share_threshold
 from securefl.exceptions import ConfigValueError
-from securefl.privacy.noise import SecureRNG
 
 
 @pytest.mark.parametrize("n, k", [(10, 2), (50, 8), (1000, 20), (7, 4)])
 def test_harary_graph_is_k_regular_and_symmetric(n, k):
     roster = [f"c{i}" for i in range(n)]
-    g = build_graph(roster, k, SecureRNG())
+    g = build_graph(roster, k)
     assert set(g) == set(roster)
     for u, nbrs in g.items():
         assert len(nbrs) == k and u not in nbrs and len(set(nbrs)) == k
@@ -19,13 +18,13 @@ def test_harary_graph_is_k_regular_and_symmetric(n, k):
 
 def test_graph_is_random_and_complete_when_asked():
     roster = [f"c{i}" for i in range(30)]
-    a, b = build_graph(roster, 4, SecureRNG()), build_graph(roster, 4, SecureRNG())
+    a, b = build_graph(roster, 4), build_graph(roster, 4)
     assert a != b  # a fresh secure relabelling each time
-    full = build_graph(roster, 0, SecureRNG())
+    full = build_graph(roster, 0)
     assert all(len(v) == 29 for v in full.values())
-    assert build_graph(roster[:4], 4, SecureRNG()) == {u: [v for v in roster[:4] if v != u] for u in roster[:4]}
+    assert build_graph(roster[:4], 4) == {u: [v for v in roster[:4] if v != u] for u in roster[:4]}
     with pytest.raises(ConfigValueError, match="secagg_neighbors"):
-        build_graph(roster, 3, SecureRNG())
+        build_graph(roster, 3)
 
 
 def test_thresholds_and_recommended_degree():

@@ -9,6 +9,7 @@ import torch
 from securefl import RunConfig, Simulation
 from securefl.cli import main
 from securefl.config import ServerConfig
+from securefl.crypto.identity import Identity, Roster
 from securefl.crypto.secagg.common import SecAggSettings
 from securefl.exceptions import ConfigValueError
 from securefl.protect import PROTECTIONS
@@ -60,7 +61,11 @@ def test_factory_registered_and_validates_settings():
     cfg = small("secagg", secagg_neighbors=2, secagg_threshold=0.7)
     prot = PROTECTIONS["secagg"].server(cfg, None)
     assert prot.stages == 4 and prot.settings.neighbors == 2
-    assert PROTECTIONS["secagg"].server(small("secagg", secagg_malicious=True, secagg_threshold=0.8), None).stages == 5
+    malicious = small("secagg", secagg_malicious=True, secagg_threshold=0.8)
+    roster = Roster.of(Identity.generate(f"client-{k}") for k in range(5))
+    assert PROTECTIONS["secagg"].server(malicious, None, roster=roster).stages == 5
+    with pytest.raises(ConfigValueError, match="roster"):  # the malicious option needs pinned keys
+        PROTECTIONS["secagg"].server(malicious, None)
     with pytest.raises(ConfigValueError, match="2/3"):
         small("secagg", secagg_malicious=True)
     with pytest.raises(ConfigValueError) as info:

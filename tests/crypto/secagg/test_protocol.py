@@ -29,7 +29,8 @@ def rounds(draw, sparse=False):
     n = draw(st.integers(2, 8))
     frac = draw(st.sampled_from([0.7, 0.8, 1.0] if malicious else [0.51, 0.6, 0.75, 1.0]))
     k = draw(st.sampled_from([2, 4])) if sparse else 0
-    s = SecAggSettings(clip=1.0, max_weight=1.0, threshold=frac, neighbors=k, malicious=malicious)
+    m = draw(st.integers(2, min(n, 4)))
+    s = SecAggSettings(clip=1.0, max_weight=1.0, threshold=frac, neighbors=k, malicious=malicious, min_clients=m)
     stages = 5 if malicious else 4
     dropped = draw(st.lists(st.integers(0, n - 1), unique=True, max_size=n))
     drop_at = {f"c{i:02d}": draw(st.integers(1, stages)) for i in dropped}
@@ -43,14 +44,17 @@ def test_complete_graph_exact_sum_or_abort(case):
     ints, inputs, codec = grid_inputs(s, n, seed)
     clients, server = federation(s, inputs)
     ex = RecordingExchange(1, drop_at)
-    t = s.threshold_for(n)
+    t, m = s.threshold_for(n), s.min_clients
     never_dropped = [c.client_id for c in clients if c.client_id not in drop_at]
     masked = [c.client_id for c in clients if drop_at.get(c.client_id, 99) > 3]
-    if len(never_dropped) < t:
+    signed = [c.client_id for c in clients if drop_at.get(c.client_id, 99) > 4]
+    if len(never_dropped) < t or len(masked) < m or (s.malicious and len(signed) < m):
+        # honest clients never have to refuse: the server aborts first (a client's
+        # ProtocolError would fail this test)
         with pytest.raises(SecAggAbortError) as info:
             server.aggregate(clients, global_model(1, DIM), DIM, ex)
-        assert info.value.threshold == t
-        if len(masked) < t:  # aborted before unmasking: no client revealed any share
+        assert info.value.threshold in (t, max(t, m))
+        if len(masked) < max(t, m):  # aborted before unmasking: no client revealed any share
             assert not any(wire.Kind.SECAGG_UNMASK_REQUEST in c.answered for c in clients)
         return
     agg = server.aggregate(clients, global_model(1, DIM), DIM, ex)
@@ -85,7 +89,7 @@ def test_secaggplus_graph_exact_sum_or_abort(case):
     assert all(drop_at.get(c, 99) > 3 for c in survivors)
     idx = [int(c[1:]) for c in survivors]
     assert np.array_equal(server.last_result.ring_sum[:DIM].astype(np.int64), ints[idx].sum(axis=0) % codec.modulus)
-    assert agg.aux["weight"] == len(survivors)
+    assert agg.aux["weight"] == len(survivors) >= s.min_clients
 
 
 def test_no_dropouts_weighted_sum_and_saturation_count():
@@ -116,9 +120,8 @@ def test_honest_client_refuses_to_reveal_both_shares_of_one_client():
     s = SecAggSettings(threshold=0.6)
     clients, server = federation(s, [np.zeros(DIM) for _ in range(5)])
     from securefl.crypto.secagg.server import SecAggServer
-    from securefl.privacy.noise import SecureRNG
 
-    core = SecAggServer(1, [c.client_id for c in clients], settings=s, rng=SecureRNG())
+    core = SecAggServer(1, [c.client_id for c in clients], settings=s)
     by = {c.client_id: c for c in clients}
     core.collect_keys({u: by[u].handle(core.advertise_request(u)) for u in core.roster})
     core.collect_shares({u: by[u].handle(core.share_request(u)) for u in core.roster})
@@ -143,24 +146,28 @@ def test_stages_must_come_in_order_and_params_must_match():
     s = SecAggSettings(threshold=0.6)
     clients, server = federation(s, [np.zeros(DIM) for _ in range(4)])
     from securefl.crypto.secagg.server import SecAggServer
-    from securefl.privacy.noise import SecureRNG
 
-    core = SecAggServer(1, [c.client_id for c in clients], settings=s, rng=SecureRNG())
+    core = SecAggServer(1, [c.client_id for c in clients], settings=s)
     with pytest.raises(ProtocolError, match="out of order"):
         clients[0].handle(core.share_request("c00"))
-    lowered = wire.decode(core.advertise_request("c00"))
-    forged = wire.encode(lowered.kind, {**lowered.header, "threshold": 2})
-    with pytest.raises(ProtocolError, match="threshold"):
-        clients[0].handle(forged)
+    honest = wire.decode(core.advertise_request("c00"))
+    for change, match in [
+        ({"threshold": 2}, "threshold 2 is below this client's threshold 3"),
+        ({"threshold": 4}, r"differ from this client's \(3, "),
+        ({"bits": 64}, "secagg_bits 32"),
+        ({"frac_bits": honest.header["frac_bits"] - 1}, "frac_bits"),
+    ]:
+        with pytest.raises(ProtocolError, match=match):
+            clients[0].handle(wire.encode(honest.kind, {**honest.header, **change}))
+    clients[0].handle(wire.encode(honest.kind, honest.header))  # refusals consumed no round
 
 
 def test_malicious_option_rejects_forged_keys_and_unsigned_survivor_lists():
     s = SecAggSettings(threshold=0.7, malicious=True)
     clients, server = federation(s, [np.zeros(DIM) for _ in range(4)])
     from securefl.crypto.secagg.server import SecAggServer
-    from securefl.privacy.noise import SecureRNG
 
-    core = SecAggServer(1, [c.client_id for c in clients], settings=s, rng=SecureRNG(), directory=server.directory)
+    core = SecAggServer(1, [c.client_id for c in clients], settings=s, directory=server.directory)
     by = {c.client_id: c for c in clients}
     core.collect_keys({u: by[u].handle(core.advertise_request(u)) for u in core.roster})
     # the server swaps in its own key for c01: c00 refuses (no valid signature)
@@ -171,7 +178,7 @@ def test_malicious_option_rejects_forged_keys_and_unsigned_survivor_lists():
         by["c00"].handle(wire.encode(req.kind, {**req.header, "keys": keys}))
     # a fresh round runs through; then an unmask request without signatures is refused
     clients2, server2 = federation(s, [np.zeros(DIM) for _ in range(4)])
-    core2 = SecAggServer(1, [c.client_id for c in clients2], settings=s, rng=SecureRNG(), directory=server2.directory)
+    core2 = SecAggServer(1, [c.client_id for c in clients2], settings=s, directory=server2.directory)
     by2 = {c.client_id: c for c in clients2}
     core2.collect_keys({u: by2[u].handle(core2.advertise_request(u)) for u in core2.roster})
     core2.collect_shares({u: by2[u].handle(core2.share_request(u)) for u in core2.roster})
@@ -189,9 +196,8 @@ def test_malicious_option_detects_equivocation_about_survivors():
     s = SecAggSettings(threshold=0.7, malicious=True)
     clients, server = federation(s, [np.zeros(DIM) for _ in range(5)])
     from securefl.crypto.secagg.server import SecAggServer
-    from securefl.privacy.noise import SecureRNG
 
-    core = SecAggServer(1, [c.client_id for c in clients], settings=s, rng=SecureRNG(), directory=server.directory)
+    core = SecAggServer(1, [c.client_id for c in clients], settings=s, directory=server.directory)
     by = {c.client_id: c for c in clients}
     core.collect_keys({u: by[u].handle(core.advertise_request(u)) for u in core.roster})
     core.collect_shares({u: by[u].handle(core.share_request(u)) for u in core.roster})
@@ -216,3 +222,27 @@ def test_secaggplus_dropout_at_consistency_check_aborts_cleanly():
         server.aggregate(clients, global_model(1, DIM), DIM, RecordingExchange(1, {"c00": 4}))
     assert info.value.threshold == 3 and info.value.survivors < 3
     assert not any(wire.Kind.SECAGG_UNMASK_REQUEST in c.answered for c in clients)
+
+
+@pytest.mark.parametrize(
+    "n, neighbors, malicious, m, drop_at, stage_kind",
+    [
+        (5, 0, False, 5, {"c04": 1}, wire.Kind.SECAGG_SHARE_REQUEST),  # cohort shrinks below m at advertise
+        (5, 0, False, 4, {"c03": 3, "c04": 3}, wire.Kind.SECAGG_UNMASK_REQUEST),  # masked inputs: 3 >= t, < m
+        (5, 0, True, 5, {"c04": 4}, wire.Kind.SECAGG_UNMASK_REQUEST),  # one fewer signer than m
+        (8, 2, True, 7, {"c05": 4, "c06": 4}, wire.Kind.SECAGG_UNMASK_REQUEST),  # SecAgg+: signers < m
+    ],
+    ids=["advertise", "masked-input", "consistency", "secaggplus-consistency"],
+)
+def test_server_aborts_below_min_clients_before_an_honest_client_must_refuse(n, neighbors, malicious, m, drop_at, stage_kind):
+    """The server applies the same floor (threshold and min_clients) as its clients,
+    so an honest round below min_clients ends in SecAggAbortError, never in a
+    client's ProtocolError, and no client is asked for what it would refuse."""
+    s = SecAggSettings(clip=1.0, max_weight=1.0, threshold=0.7 if malicious else 0.6, neighbors=neighbors,
+                       malicious=malicious, min_clients=m)
+    assert s.threshold_for(n) < m  # the threshold alone would let the round go on
+    clients, server = federation(s, [np.zeros(DIM)] * n)
+    with pytest.raises(SecAggAbortError) as info:
+        server.aggregate(clients, global_model(1, DIM), DIM, RecordingExchange(1, drop_at))
+    assert info.value.threshold == m
+    assert not any(stage_kind in c.answered for c in clients)
