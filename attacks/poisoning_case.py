@@ -135,12 +135,21 @@ class MaliciousClient:
     """A client that speaks SecureClient's bytes interface but submits the coalition's
     crafted update. Under client-level DP it does *not* clip (the server must)."""
 
-    def __init__(self, engine: SecureClient, coalition: Coalition, *, participants: int, reported_samples: int) -> None:
+    def __init__(
+        self,
+        engine: SecureClient,
+        coalition: Coalition,
+        *,
+        participants: int,
+        reported_samples: int,
+        dp: DPConfig = DPConfig(),
+    ) -> None:
         self.client_id = engine.client_id
         self.engine = engine
         self.coalition = coalition
         self.participants = participants
         self.num_samples = reported_samples  #: the true size of its own data, as an honest client reports
+        self.dp = dp  #: the run's privacy settings: it sends the same fields an honest client does
 
     def __getattr__(self, name: str) -> Any:  # noise_multiplier, sample_rate, ... of the engine
         return getattr(self.__dict__["engine"], name)
@@ -153,10 +162,15 @@ class MaliciousClient:
         if begin is not None:  # the protection's round parameters (e.g. secagg's masking set)
             begin(msg.header)
         update, loss = self.coalition.update_for(self.client_id, weights, round_, self.participants)
-        header = {"round": round_, "client": self.client_id, "dim": dim, "loss": loss, "steps": self.engine.local_steps, "epsilon": None}
-        if msg.header.get("client_clip") is not None:
+        header: dict[str, Any] = {"round": round_, "client": self.client_id, "dim": dim}
+        if self.dp.dp == "client":
             # claims to be within the clip and sends its update unclipped
-            return self.engine.protection.seal(update, {"weight": 1.0, "unclipped": 1.0}, header)
+            aux = {"weight": 1.0, "unclipped": 1.0} if self.dp.adaptive_clip else {"weight": 1.0}
+            return self.engine.protection.seal(update, aux, header)
+        if self.dp.dp == "sample":
+            return self.engine.protection.seal(update, {"weight": 1.0}, header)  # uniform FedAvg, as honest clients
+        if self.engine.protection.reveals_update:
+            header.update(loss=loss, steps=self.engine.local_steps)
         n = float(self.num_samples)
         return self.engine.protection.seal(update * n, {"weight": n}, header)
 
@@ -240,6 +254,7 @@ def install(sim: Any, attack: PoisonAttack, case: PoisonCase, *, seed: int = 0) 
     participants = max(1, round(sim.config.server.fraction * len(clients)))
     honest = [HonestObserver(c, coalition) if case.knowledge == "omniscient" else c for c in clients[:-m]]
     sim.clients = honest + [
-        MaliciousClient(e, coalition, participants=participants, reported_samples=n) for e, n in zip(engines, sizes)
+        MaliciousClient(e, coalition, participants=participants, reported_samples=n, dp=sim.config.dp)
+        for e, n in zip(engines, sizes)
     ]
     return Installed(coalition, [e.client_id for e in engines], poisoned)

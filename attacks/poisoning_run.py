@@ -37,7 +37,9 @@ def run_federation(
         "targeted_success": targeted_success(model, metric_attack or attack, d.x_test, d.y_test),
         "accuracy_per_round": [r["accuracy"] for r in rounds],
         "aborted_rounds": sum(1 for r in rounds if r["aborted"]),
-        "server_clipped": sum(int(r["protection"].get("server_clipped", 0)) for r in rounds),
+        # the experimenter reads the server's own (unpublished) counts: under client-level
+        # DP metrics.json withholds them
+        "server_clipped": sum(int(r.protection.get("server_clipped", 0)) for r in result.results),
         "num_malicious": len(installed.malicious_ids),
         "malicious_ids": installed.malicious_ids,
         "mean_malicious_norm": _mean([h["malicious_norm"] for h in installed.coalition.history]),

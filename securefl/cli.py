@@ -42,6 +42,9 @@ DEMO_SETTINGS: dict[str, Any] = {
     # less noisy steps train a small model better (README, "Choosing DP-SGD settings")
     "model": "logreg",
     "sample_rate": 1.0,
+    # the public lot size DP-SGD divides by (the mean client size, 1437 / 10), so
+    # that no client's update scale reveals its own n_k
+    "batch_size": 144,
     "local_epochs": 1.0,
     "lr": 4.0,
     "clip": 0.5,

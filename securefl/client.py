@@ -5,6 +5,23 @@ returns bytes. With sample-level DP it owns its privacy: it solves its noise
 multiplier from its budget, records every round's spend in the ledger *before*
 training (so a crash can only over-count), and refuses a round that would take it
 over budget (:class:`~securefl.exceptions.BudgetExhaustedError`).
+
+What leaves the client (the CLIENT_UPDATE header and the sealed counters) is fixed
+per privacy mode, never chosen by the server:
+
+* ``dp="none"``: ``round``, ``client``, ``dim``; ``steps`` and the local ``loss``
+  only under a protection that reveals the update (and ``n_k``) anyway; the
+  update weighted by ``weight = n_k`` (sample-weighted FedAvg).
+* ``dp="sample"``: ``round``, ``client``, ``dim``; the DP-SGD update with
+  ``weight = 1`` (uniform FedAvg over clients: ``n_k`` counts private records).
+* ``dp="client"``: ``round``, ``client``, ``dim``; the update clipped to the
+  client's *own* clip with ``weight = 1``, plus the ``unclipped`` bit with adaptive
+  clipping only (its sum is noised by the server and charged by the accountant).
+
+Privacy parameters in the server's message are checked against the client's own
+configuration (a mismatch raises :class:`~securefl.exceptions.ProtocolError`), and a
+:class:`~securefl.crypto.replay.RoundGuard` refuses any round at or below the last
+one answered (:class:`~securefl.exceptions.ReplayError`).
 """
 
 from __future__ import annotations
@@ -12,14 +29,15 @@ from __future__ import annotations
 import hashlib
 import math
 from dataclasses import dataclass
-from typing import Callable
+from typing import Any, Callable
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from securefl.config import ClientConfig, DPConfig
-from securefl.exceptions import ConfigValueError
+from securefl.crypto.replay import RoundGuard
+from securefl.exceptions import ConfigValueError, ProtocolError
 from securefl.models import get_flat, set_flat
 from securefl.privacy import accounting
 from securefl.privacy.client_dp import clip_update
@@ -62,6 +80,8 @@ class SecureClient:
         algorithm: ``"fedavg"`` (local epochs) or ``"fedsgd"`` (one step).
         rng: secure randomness for noise and sampling; a fresh ``SecureRNG`` by default.
         seed: seeds the shuffling of non-private local training.
+        guard: the client's memory of answered rounds (persist it with a path to survive
+            restarts); an in-memory :class:`~securefl.crypto.replay.RoundGuard` by default.
     """
 
     def __init__(
@@ -80,12 +100,14 @@ class SecureClient:
         algorithm: str = "fedavg",
         rng: SecureRNG | None = None,
         seed: int = 0,
+        guard: RoundGuard | None = None,
     ) -> None:
         if len(x) != len(y) or len(x) == 0:
             raise ConfigValueError("x", len(x), f"client {client_id} needs matching, non-empty x and y (y has {len(y)})")
         self.client_id = str(client_id)
         self.x, self.y = x, y
         self.model = model_fn()
+        self.dim = int(get_flat(self.model).numel())
         self.task = task
         self.config = config
         self.dp = dp
@@ -93,6 +115,7 @@ class SecureClient:
         self.protection = protection or Plaintext()
         self.rng = rng or SecureRNG()
         self.seed = seed
+        self.guard = guard if guard is not None else RoundGuard()
         self.ledger = ledger or PrivacyLedger(None, delta=dp.delta, budget=dp.epsilon, accountant=dp.accountant)
         self.sample_rate = min(1.0, config.sample_rate or config.batch_size / len(x))
         self.local_steps = 1 if algorithm == "fedsgd" else steps_per_round(config.local_epochs, self.sample_rate)
@@ -145,6 +168,9 @@ class SecureClient:
                 sample_rate=self.sample_rate,
                 steps=self.local_steps,
                 rng=self.rng,
+                # public: the update's scale must not reveal n_k (batch_size = q * n_k when
+                # the sampling rate is derived from it)
+                expected_batch_size=float(self.config.batch_size),
             )
             steps = self.local_steps
         else:
@@ -180,36 +206,80 @@ class SecureClient:
     def fit(self, message: bytes) -> bytes:
         """Handle one GLOBAL_MODEL message; return the sealed CLIENT_UPDATE message.
 
-        Raises :class:`~securefl.exceptions.BudgetExhaustedError` (before any
-        training) if this round would exceed the client's privacy budget.
+        Raises :class:`~securefl.exceptions.ProtocolError` (before any training) if the
+        message's privacy parameters disagree with this client's configuration,
+        :class:`~securefl.exceptions.ReplayError` if its round is not after the last
+        one answered, and :class:`~securefl.exceptions.BudgetExhaustedError` if this
+        round would exceed the client's privacy budget.
         """
         msg = wire.decode(message, expect=wire.Kind.GLOBAL_MODEL)
-        dim = int(msg.header["dim"])
-        round_ = int(msg.header["round"])
+        round_ = _header_int(msg.header, "round")
+        dim = _header_int(msg.header, "dim")
+        if dim != self.dim:
+            raise ProtocolError(f"GLOBAL_MODEL dim={dim} differs from this client's model size {self.dim}")
+        clip = self._client_clip(msg.header)
         weights = wire.bytes_to_vector(msg.payload, dim)
+        self.guard.advance("fit", round_)  # persisted before anything is computed
         self.protection.begin(msg.header)
         result = self.train(weights, round_)
-        header = {
-            "round": round_,
-            "client": self.client_id,
-            "dim": dim,
-            "steps": result.steps,
-            "epsilon": result.epsilon,
-        }
-        if self.protection.reveals_update:
-            # a per-client training loss is a membership signal: under a protection
-            # that hides the update it stays on the client
+        update, aux = self._release(result, clip)
+        return self.protection.seal(update, aux, self._header(round_, dim, result))
+
+    def _client_clip(self, header: dict[str, Any]) -> float | None:
+        """The client-level clip to apply: decided by this client's own ``dp`` config;
+        the server's ``client_clip`` is only checked against it (fixed clipping) or,
+        with adaptive clipping (central DP: the server noises), accepted if sane."""
+        sent = header.get("client_clip")
+        if self.dp.dp != "client":
+            if sent is not None:
+                raise ProtocolError(
+                    f"client_clip={sent!r} sent to client {self.client_id}, which is configured for dp={self.dp.dp!r}"
+                )
+            return None
+        if sent is None:
+            raise ProtocolError(f"client_clip missing; client {self.client_id} is configured for dp='client'")
+        if isinstance(sent, bool) or not isinstance(sent, (int, float)) or not (math.isfinite(sent) and sent > 0):
+            raise ProtocolError(f"client_clip={sent!r} must be a positive finite number")
+        if not self.dp.adaptive_clip and float(sent) != float(self.dp.clip):
+            raise ProtocolError(
+                f"client_clip={sent!r} differs from client {self.client_id}'s configured clip {self.dp.clip!r}"
+            )
+        return float(sent)
+
+    def _release(self, result: LocalResult, clip: float | None) -> tuple[torch.Tensor, dict[str, float]]:
+        """The vector to seal and its counters (see the module docstring)."""
+        if self.dp.dp == "client":
+            assert clip is not None  # _client_clip returns one under dp="client"
+            clipped, norm = clip_update(result.update, clip)
+            aux = {"weight": 1.0}
+            if self.dp.adaptive_clip:
+                # the server noises this bit's sum and the accountant charges it
+                aux["unclipped"] = float(norm <= clip)
+            return clipped, aux
+        if self.dp.dp == "sample":
+            # uniform FedAvg over clients: n_k is a count of private records
+            return result.update, {"weight": 1.0}
+        n = float(result.num_samples)
+        return result.update * n, {"weight": n}
+
+    def _header(self, round_: int, dim: int, result: LocalResult) -> dict[str, Any]:
+        """The CLIENT_UPDATE header: only the round's coordinates under DP (the loss,
+        step count and epsilon are functions of the private data, outside the release)."""
+        header: dict[str, Any] = {"round": round_, "client": self.client_id, "dim": dim}
+        if not self.dp.enabled and self.protection.reveals_update:
+            # no DP and the server sees the update and n_k anyway: nothing more is lost
+            header["steps"] = result.steps
             header["loss"] = result.loss
-        client_clip = msg.header.get("client_clip")
-        if client_clip is not None:
-            # client-level DP (DP-FedAvg): clip, report the unclipped bit, equal weight
-            clipped, norm = clip_update(result.update, float(client_clip))
-            aux = {"weight": 1.0, "unclipped": float(norm <= float(client_clip))}
-            return self.protection.seal(clipped, aux, header)
-        aux = {"weight": float(result.num_samples)}
-        return self.protection.seal(result.update * result.num_samples, aux, header)
+        return header
 
     def handle(self, message: bytes) -> bytes:
         """Answer a protocol message of this client's protection (key exchange,
         unmasking, decryption of an aggregate)."""
         return self.protection.handle(message)
+
+
+def _header_int(header: dict[str, Any], name: str) -> int:
+    value = header.get(name)
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ProtocolError(f"GLOBAL_MODEL header {name}={value!r} must be a positive integer")
+    return value

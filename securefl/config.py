@@ -130,7 +130,10 @@ class ClientConfig:
 
     ``sample_rate`` is the Poisson sampling rate of DP-SGD; when None it is
     ``batch_size / n_k``. One shared rate makes every client's accountant history
-    identical in shape, which keeps accounting cheap.
+    identical in shape, which keeps accounting cheap. Under DP-SGD ``batch_size`` is
+    also the public lot size the noisy gradient sum is divided by, so that the
+    update's scale does not reveal n_k: with an explicit ``sample_rate`` set it near
+    ``sample_rate`` times a typical client's size.
     """
 
     local_epochs: float = 2.0
@@ -216,7 +219,7 @@ class ProtectConfig:
     ckks_max_clients: int | None = None  #: most ciphertexts summed in a round; None = the federation size
     ckks_max_error: float = 1e-3  #: bound on the released error of one summed slot (values in [-1, 1])
     ckks_clip: float = 4.0  #: L2 bound on an (unweighted) update; larger ones are clipped and counted
-    ckks_max_weight: float | None = None  #: bound on n_k; None = 1000 (1 under dp='client')
+    ckks_max_weight: float | None = None  #: bound on n_k; None = 1000 (1 under DP, where weights are 1)
 
     def _check_ckks(self) -> None:
         from securefl.crypto.hazmat.ckks import ENCRYPTIONS, PRESETS, derive_params

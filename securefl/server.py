@@ -38,7 +38,8 @@ FEDERATION = "federation"
 
 @dataclass
 class RoundResult:
-    """Metrics of one round (the ``rounds`` entries of metrics.json)."""
+    """Metrics of one round as the server knows them; metrics.json holds their
+    publishable form, :meth:`SecureServer.release`."""
 
     round: int
     accuracy: float | None
@@ -57,6 +58,61 @@ class RoundResult:
 
     def as_dict(self) -> dict[str, Any]:
         return dict(self.__dict__)
+
+
+#: protection statistics fixed by the run's settings, whoever takes part in a round
+COHORT_FREE_STATS = frozenset(
+    {
+        "preset",
+        "encryption",
+        "poly_modulus_degree",
+        "coeff_mod_bit_sizes",
+        "scale_bits",
+        "ciphertexts_per_client",
+        "clip",
+        "bits",
+        "float32_bytes",
+    }
+)
+#: why DP-FedAvg releases no exact count (McMahan et al. 2018 divide by the expected one)
+COUNT_REASON = "follows exactly from the number of participants, which DP-FedAvg does not release"
+#: keys of a round row the metrics contract requires (withheld ones are kept as null)
+CONTRACT_KEYS = ("round", "accuracy", "loss", "epsilon", "bytes_up", "bytes_down", "seconds")
+
+
+def release_round(row: dict[str, Any], *, expected_clients: float) -> dict[str, Any]:
+    """A round row as DP-FedAvg may publish it: nothing the client-level guarantee
+    does not cover. ``participants`` becomes the expected count ``q N`` (the fixed
+    denominator, marked ``participants_released="expected"``); refused/dropped lists,
+    byte counts and wall time (all grow with the count), cohort-dependent protection
+    statistics and abort details are withheld: null where :data:`CONTRACT_KEYS`
+    require the key, absent otherwise, and each is named with its reason in
+    ``withheld``."""
+    out = dict(row)
+    withheld: list[dict[str, str]] = []
+
+    def withhold(key: str, reason: str = COUNT_REASON) -> None:
+        if key in out:
+            if key in CONTRACT_KEYS:
+                out[key] = None
+            else:
+                del out[key]
+            withheld.append({"field": key, "reason": reason})
+
+    for key in ("refused", "dropped", "bytes_up", "bytes_down"):
+        withhold(key)
+    withhold("seconds", "wall time grows with the number of participants")
+    out["participants"] = float(expected_clients)
+    out["participants_released"] = "expected"
+    stats = dict(out.get("protection") or {})
+    hidden = sorted(k for k in stats if k not in COHORT_FREE_STATS)
+    out["protection"] = {k: v for k, v in stats.items() if k in COHORT_FREE_STATS}
+    withheld += [{"field": f"protection.{k}", "reason": "depends on who took part in the round"} for k in hidden]
+    if out.get("aborted"):
+        out["aborted"] = "aborted"
+        withheld.append({"field": "aborted", "reason": "the abort reason may state counts of clients"})
+    out["withheld"] = withheld
+    return out
 
 
 class SecureServer:
@@ -221,9 +277,6 @@ class SecureServer:
                     update = self.aggregator(stack, w, **self._aggregation_context(round_))
                 else:
                     update = agg.total / agg.aux["weight"]
-                eps_vals = [h.get("epsilon") for h in agg.headers if h.get("epsilon") is not None]
-                if eps_vals:
-                    epsilon = max(eps_vals)
             if update is not None:
                 if not torch.isfinite(update).all():
                     raise AggregationError("aggregate is not finite")
@@ -235,6 +288,9 @@ class SecureServer:
         except (AggregationError, WireFormatError, ProtocolError) as exc:
             # nothing from a round that fails validation reaches the global model
             aborted = f"{type(exc).__name__}: {exc}"
+        if self.dp.dp == "sample":
+            # clients report no epsilon (it is a function of their data): read the ledger
+            epsilon, epsilon_rdp = self._sample_epsilon()
         acc, loss = self.evaluate()
         return RoundResult(
             round=round_,
@@ -252,6 +308,21 @@ class SecureServer:
             aborted=aborted,
             protection=dict(agg.stats) if agg is not None else {},
         )
+
+    def _sample_epsilon(self) -> tuple[float | None, float | None]:
+        """Sample-level DP: the largest client spend recorded in this server's ledger
+        (the shared ledger in a simulation; None if it holds no client entries)."""
+        spent = [self.ledger.spent(s) for s in self.ledger.subjects() if s != FEDERATION]
+        if not spent:
+            return None, None
+        return max(s.get(self.dp.accountant) for s in spent), max(s.rdp for s in spent)
+
+    def release(self, result: RoundResult) -> dict[str, Any]:
+        """The publishable form of ``result`` (a metrics.json row); see :func:`release_round`."""
+        row = result.as_dict()
+        if self.dp.dp != "client":
+            return row
+        return release_round(row, expected_clients=self.expected_clients)
 
     def _aggregation_context(self, round_: int) -> dict[str, torch.Tensor | None]:
         """What the round's aggregator needs besides the updates (AGGREGATOR_CONTEXT)."""

@@ -5,12 +5,17 @@ Builds the data partition, the clients and the server from one
 ``metrics.json`` (after every round, atomically), ``ledger.json`` (before every
 update leaves a client) and ``accuracy.png``. Client and server still exchange
 bytes, so ``bytes_up``/``bytes_down`` are what a network would carry.
+
+metrics.json holds what the server may publish (:meth:`SecureServer.release`): under
+``dp="client"`` nothing from which the exact number of participants follows. The
+unredacted per-round results stay in memory (``RunResult.results``) for experiments.
+Each client keeps its round memory in ``out_dir/state/<client>.rounds.json``.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
@@ -20,12 +25,14 @@ from securefl._io import atomic_write_json
 from securefl.aggregation.root import root_reference
 from securefl.client import SecureClient
 from securefl.config import RunConfig
+from securefl.crypto.identity import Identity, Roster
+from securefl.crypto.replay import RoundGuard
 from securefl.data import FederatedData, load_dataset, partition, summarize
 from securefl.models import build_model
 from securefl.privacy.ledger import PrivacyLedger
 from securefl.privacy.noise import SecureRNG
 from securefl.protect import PROTECTIONS
-from securefl.server import FEDERATION, RoundResult, SecureServer
+from securefl.server import COUNT_REASON, FEDERATION, RoundResult, SecureServer
 
 
 @dataclass
@@ -34,6 +41,8 @@ class RunResult:
     server: SecureServer
     clients: list[SecureClient]
     ledger: PrivacyLedger
+    #: the server's unredacted round results (not published; for experiments)
+    results: list[RoundResult] = field(default_factory=list)
 
 
 class Simulation:
@@ -78,9 +87,15 @@ class Simulation:
             )
 
         spec = PROTECTIONS[c.protect]
+        ids = [f"client-{k}" for k in range(len(self.parts))]
+        self.identities = [Identity.generate(cid) for cid in ids]
+        # the simulation stands in for the operator, who hands every client the roster
+        # out of band (never through the server)
+        self.roster = Roster.of(self.identities)
+        self.guards = [self._guard(cid) for cid in ids]
         self.clients = [
             SecureClient(
-                f"client-{k}",
+                cid,
                 self.data.x_train[idx],
                 self.data.y_train[idx],
                 model_fn=model_fn,
@@ -89,19 +104,22 @@ class Simulation:
                 dp=c.dp,
                 planned_rounds=c.server.rounds,
                 ledger=self.ledger,
-                protection=spec.client(c, f"client-{k}", rng(f"protect-client-{k}")),
+                protection=spec.client(
+                    c, cid, rng(f"protect-{cid}"), identity=identity, roster=self.roster, guard=guard
+                ),
                 algorithm=c.server.algorithm,
-                rng=rng(f"client-{k}"),
+                rng=rng(cid),
                 seed=c.seed,
+                guard=guard,
             )
-            for k, idx in enumerate(self.parts)
+            for cid, idx, identity, guard in zip(ids, self.parts, self.identities, self.guards)
         ]
         self.server = SecureServer(
             model_fn(),
             config=c.server,
             dp=c.dp,
             num_clients=c.clients,
-            protection=spec.server(c, rng("protect-server")),
+            protection=spec.server(c, rng("protect-server"), roster=self.roster),
             ledger=self.ledger,
             eval_data=(self.data.x_test, self.data.y_test),
             task=self.data.task,
@@ -109,6 +127,19 @@ class Simulation:
             reference=root_reference(c, self.data.x_train, self.data.y_train, model_fn, self.data.task),
         )
         self.rounds: list[dict[str, Any]] = []
+        self.results: list[RoundResult] = []
+
+    def _guard(self, client_id: str) -> RoundGuard:
+        """The client's round memory: on disk under ``out_dir/state`` when there is one.
+        A new run is a new federation (fresh identities, a new ledger), so it starts
+        with fresh round memories, as it starts with a fresh ledger."""
+        if self.out_dir is None:
+            return RoundGuard()
+        path = self.out_dir / "state" / f"{client_id}.rounds.json"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        if path.exists():
+            path.unlink()
+        return RoundGuard(path)
 
     # ------------------------------------------------------------------ run
     def run(self, *, on_round: Callable[[RoundResult], None] | None = None) -> RunResult:
@@ -116,10 +147,8 @@ class Simulation:
         start = time.perf_counter()
         for r in range(1, c.server.rounds + 1):
             res = self.server.run_round(r, self.clients)
-            row = res.as_dict()
-            if c.dp.dp == "sample":
-                row["epsilon"], row["epsilon_rdp"] = self._max_client_epsilon()
-            self.rounds.append(row)
+            self.results.append(res)
+            self.rounds.append(self.server.release(res))
             if self.out_dir is not None:
                 atomic_write_json(self.out_dir / "metrics.json", self.metrics(time.perf_counter() - start))
             if on_round is not None:
@@ -128,13 +157,7 @@ class Simulation:
         if self.out_dir is not None:
             atomic_write_json(self.out_dir / "metrics.json", metrics)
             plot_run(metrics, self.out_dir / "accuracy.png")
-        return RunResult(metrics, self.server, self.clients, self.ledger)
-
-    def _max_client_epsilon(self) -> tuple[float | None, float | None]:
-        spent = [self.ledger.spent(cl.client_id) for cl in self.clients if self.ledger.history(cl.client_id)]
-        if not spent:
-            return None, None
-        return max(s.get(self.config.dp.accountant) for s in spent), max(s.rdp for s in spent)
+        return RunResult(metrics, self.server, self.clients, self.ledger, list(self.results))
 
     def metrics(self, seconds: float) -> dict[str, Any]:
         c = self.config
@@ -154,28 +177,39 @@ class Simulation:
         final_eps = last.get("epsilon")
         if c.dp.dp == "client" and self.ledger.history(FEDERATION):
             final_eps = self.ledger.spent(FEDERATION).get(c.dp.accountant)
-        return {
-            "config": c.to_flat(),
-            "rounds": self.rounds,
-            "final": {
-                "accuracy": last.get("accuracy"),
-                "loss": last.get("loss"),
-                "epsilon": final_eps,
-                "epsilon_rdp": last.get("epsilon_rdp"),
-                "delta": c.dp.delta if c.dp.enabled else None,
-                "accountant": c.dp.accountant if c.dp.enabled else None,
-                "noise_multiplier": self.server.noise_multiplier
-                if c.dp.dp == "client"
-                else (self.clients[0].noise_multiplier if c.dp.dp == "sample" else None),
-                "refusals": sum(len(r["refused"]) for r in self.rounds),
-                "dropouts": sum(len(r["dropped"]) for r in self.rounds),
-                "bytes_up": sum(r["bytes_up"] for r in self.rounds),
-                "bytes_down": sum(r["bytes_down"] for r in self.rounds),
-                "seconds": round(seconds, 3),
-                "clients": per_client,
-            },
-            "partition": self.summary,
+        final = {
+            "accuracy": last.get("accuracy"),
+            "loss": last.get("loss"),
+            "epsilon": final_eps,
+            "epsilon_rdp": last.get("epsilon_rdp"),
+            "delta": c.dp.delta if c.dp.enabled else None,
+            "accountant": c.dp.accountant if c.dp.enabled else None,
+            "noise_multiplier": self.server.noise_multiplier
+            if c.dp.dp == "client"
+            else (self.clients[0].noise_multiplier if c.dp.dp == "sample" else None),
+            **self._totals(seconds),
+            "clients": per_client,
         }
+        partition: list[dict] | None = self.summary
+        if c.dp.dp == "client":
+            partition = None  # per-client sizes and label histograms are the clients' data
+            final["withheld"].append({"field": "partition", "reason": "statistics of the clients' private data"})
+        return {"config": c.to_flat(), "rounds": self.rounds, "final": final, "partition": partition}
+
+    def _totals(self, seconds: float) -> dict[str, Any]:
+        """Run totals; under ``dp="client"`` the count-dependent ones are withheld (null)."""
+        if self.config.dp.dp != "client":
+            return {
+                "refusals": sum(len(r.refused) for r in self.results),
+                "dropouts": sum(len(r.dropped) for r in self.results),
+                "bytes_up": sum(r.bytes_up for r in self.results),
+                "bytes_down": sum(r.bytes_down for r in self.results),
+                "seconds": round(seconds, 3),
+            }
+        keys = ("refusals", "dropouts", "bytes_up", "bytes_down")
+        withheld = [{"field": k, "reason": COUNT_REASON} for k in keys]
+        withheld.append({"field": "seconds", "reason": "wall time grows with the number of participants"})
+        return {**dict.fromkeys(keys), "seconds": None, "withheld": withheld}
 
 
 def plot_run(metrics: dict[str, Any], path: str | Path) -> None:

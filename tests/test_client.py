@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from securefl import ClientConfig, DPConfig, PrivacyLedger, SecureClient
-from securefl.exceptions import BudgetExhaustedError
+from securefl.exceptions import BudgetExhaustedError, ProtocolError
 from securefl.models import build_model, get_flat
 from securefl.privacy import accounting
 from securefl.transport import wire
@@ -99,15 +99,23 @@ def test_dp_sgd_update_differs_between_runs_and_plain_does_not(digits, digits_pa
 
 
 def test_client_level_clip_bounds_the_sent_update(digits, digits_parts):
-    client = _client(digits, digits_parts)
-    w = get_flat(_model_fn(digits)())
     clip = 0.05
+    client = _client(digits, digits_parts, dp=DPConfig(dp="client", noise_multiplier=1.0, clip=clip))
+    w = get_flat(_model_fn(digits)())
     msg = wire.decode(client.fit(_global(w, client_clip=clip)))
     sent = wire.bytes_to_vector(msg.payload, w.numel())
     assert float(sent.norm()) <= clip * (1 + 1e-5)
-    assert msg.header["aux"] == {"weight": 1.0, "unclipped": 0.0}
-    loose = wire.decode(client.fit(_global(w, client_clip=1e6)))
-    assert loose.header["aux"]["unclipped"] == 1.0
+    assert msg.header["aux"] == {"weight": 1.0}  # fixed clipping: no unclipped bit leaves
+
+
+def test_adaptive_clipping_reports_the_unclipped_bit(digits, digits_parts):
+    dp = DPConfig(dp="client", noise_multiplier=1.0, clip=0.05, adaptive_clip=True)
+    client = _client(digits, digits_parts, dp=dp)
+    w = get_flat(_model_fn(digits)())
+    tight = wire.decode(client.fit(_global(w, 1, client_clip=0.05)))
+    assert tight.header["aux"] == {"weight": 1.0, "unclipped": 0.0}
+    loose = wire.decode(client.fit(_global(w, 2, client_clip=1e6)))  # the server's moving clip
+    assert loose.header["aux"] == {"weight": 1.0, "unclipped": 1.0}
 
 
 def test_fedsgd_takes_exactly_one_step(digits, digits_parts):
@@ -141,6 +149,25 @@ def test_training_loss_stays_on_the_client_under_a_hiding_protection(digits, dig
     hidden, shown = Recorder(), Plaintext()
     w0 = get_flat(_model_fn(digits)())
     _client(digits, digits_parts, protection=hidden).fit(_global(w0))
-    assert "loss" not in hidden.header and hidden.header["round"] == 1
+    assert set(hidden.header) == {"round", "client", "dim"} and hidden.header["round"] == 1
     msg = wire.decode(_client(digits, digits_parts, protection=shown).fit(_global(w0)))
-    assert msg.header["loss"] > 0  # plaintext: the server sees the update anyway
+    assert msg.header["loss"] > 0 and msg.header["steps"] >= 1  # plaintext: the server sees the update anyway
+
+
+@pytest.mark.parametrize(
+    "header, needle",
+    [
+        ({"round": 0, "dim": None}, "round=0"),
+        ({"round": "1", "dim": None}, "round='1'"),
+        ({"round": True, "dim": None}, "round=True"),
+        ({"round": 1, "dim": 3}, "dim=3"),
+    ],
+)
+def test_malformed_round_or_dim_is_refused_before_training(digits, digits_parts, header, needle):
+    client = _client(digits, digits_parts)
+    w = get_flat(_model_fn(digits)())
+    header = {**header, "dim": w.numel() if header["dim"] is None else header["dim"]}
+    raw = wire.encode(wire.Kind.GLOBAL_MODEL, header, wire.vector_to_bytes(w))
+    with pytest.raises(ProtocolError, match=needle):
+        client.fit(raw)
+    assert client.guard.last("fit") is None

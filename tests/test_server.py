@@ -165,3 +165,39 @@ def test_ema_releases_the_moving_average_and_trains_the_iterate():
     assert torch.allclose(get_flat(server.model), w0 + 1.25 * step)
     down = wire.decode(server.global_message(3))
     assert torch.allclose(wire.bytes_to_vector(down.payload, 4), w0 + 2 * step)  # clients get the iterate
+
+
+def test_sample_dp_epsilon_comes_from_the_ledger_not_the_clients():
+    from securefl import PrivacyLedger
+
+    ledger = PrivacyLedger(None, delta=1e-5)
+    server = _server(num_clients=2, dp=DPConfig(dp="sample", noise_multiplier=1.0), ledger=ledger)
+    clients = [FakeClient("a", torch.ones(4), 1), FakeClient("b", torch.ones(4), 1)]
+    assert server.run_round(1, clients).epsilon is None  # no client recorded anything
+    for cid, steps in (("a", 1), ("b", 3)):
+        ledger.record(subject=cid, round=2, mechanism="dp-sgd", noise_multiplier=1.0, sample_rate=0.5, steps=steps)
+    res = server.run_round(2, clients)
+    assert res.epsilon == pytest.approx(ledger.spent("b").prv) and res.epsilon > ledger.spent("a").prv
+    assert res.epsilon_rdp == pytest.approx(ledger.spent("b").rdp)
+
+
+def test_release_under_client_dp_publishes_the_expected_count_only():
+    dp = DPConfig(dp="client", noise_multiplier=1.0, clip=0.5)
+    server = _server(num_clients=4, dp=dp, config=ServerConfig(fraction=0.5, sampling="poisson"))
+    res = server.run_round(1, [FakeClient(f"c{i}", torch.ones(4), 1) for i in range(4)])
+    res.protection = {"survivors": 3, "bits": 32, "clip": 0.5}
+    res.refused, res.aborted = ["c0"], "SecAggAbortError: 1 clients left"
+    row = server.release(res)
+    assert row["participants"] == 2.0 and row["participants_released"] == "expected"
+    assert row["bytes_up"] is row["bytes_down"] is row["seconds"] is None
+    assert "refused" not in row and "dropped" not in row and row["aborted"] == "aborted"
+    assert row["protection"] == {"bits": 32, "clip": 0.5}
+    named = {w["field"] for w in row["withheld"]}
+    assert named == {"refused", "dropped", "bytes_up", "bytes_down", "seconds", "protection.survivors", "aborted"}
+    assert res.refused == ["c0"] and res.protection["survivors"] == 3  # the server's own result is untouched
+
+
+def test_release_without_client_dp_is_the_whole_result():
+    server = _server(num_clients=2)
+    res = server.run_round(1, [FakeClient("a", torch.ones(4), 1), FakeClient("b", torch.ones(4), 2)])
+    assert server.release(res) == res.as_dict()

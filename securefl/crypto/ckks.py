@@ -130,13 +130,20 @@ def ckks_params(config: "RunConfig") -> hz.CKKSParams:
 
 
 def ckks_settings(config: "RunConfig") -> CKKSSettings:
-    p = config.protection
+    """The CKKS settings of a run. Under DP every weight is 1 (``max_weight`` 1).
+    Under client-level DP each update is already clipped to the DP clip S, so the
+    CKKS clip is S itself (with adaptive clipping the larger of S and ``ckks_clip``)
+    and the encrypted clipped bit, which is released without noise, is always 0."""
+    p, dp = config.protection, config.dp
     weight = p.ckks_max_weight
     if weight is None:
-        weight = 1.0 if config.dp.dp == "client" else DEFAULT_MAX_WEIGHT
+        weight = 1.0 if dp.dp != "none" else DEFAULT_MAX_WEIGHT
+    clip = float(p.ckks_clip)
+    if dp.dp == "client":
+        clip = max(float(dp.clip), clip) if dp.adaptive_clip else float(dp.clip)
     if p.min_clients > config.clients:
         raise ConfigValueError("min_clients", p.min_clients, f"exceeds the federation's {config.clients} clients")
-    return CKKSSettings(ckks_params(config), float(p.ckks_clip), float(weight), p.min_clients)
+    return CKKSSettings(ckks_params(config), clip, float(weight), p.min_clients)
 
 
 def _pack_parts(parts: dict[str, bytes]) -> tuple[dict[str, list[int]], bytes]:
@@ -230,10 +237,11 @@ class CKKSClient(ClientProtection):
         if not np.isfinite(delta).all():
             raise ProtocolError("update is not finite")
         norm = float(np.linalg.norm(delta))
-        clipped = norm > s.clip
-        if clipped:
+        if norm > s.clip:
             delta = delta * (s.clip / norm)
-            self.clipped_rounds += 1
+        # an update clipped to exactly C upstream (DP-FedAvg) is not counted for float error
+        clipped = norm > s.clip * (1 + 1e-6)
+        self.clipped_rounds += int(clipped)
         x = np.clip(delta * (weight / s.max_weight / s.clip), -1.0, 1.0)  # only float rounding reaches past 1
         return x, clipped
 

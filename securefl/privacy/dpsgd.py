@@ -68,20 +68,26 @@ def dp_sgd_train(
     sample_rate: float,
     steps: int,
     rng: SecureRNG,
+    expected_batch_size: float | None = None,
 ) -> float:
     """Run ``steps`` DP-SGD steps on ``model`` in place; return the mean batch loss.
 
     Each step includes every example independently with probability
     ``sample_rate`` (Poisson sampling); an empty batch still takes a noise-only
-    step, as the accountant's analysis assumes.
+    step, as the accountant's analysis assumes. The noisy gradient sum is divided
+    by ``expected_batch_size``, a public constant (Abadi et al. 2016 divide by the
+    lot size L); ``None`` uses ``sample_rate * len(x)`` as Opacus does, which makes
+    the update's scale depend on the dataset size.
     """
     n = len(x)
+    if expected_batch_size is None:
+        expected_batch_size = sample_rate * n
     gsm = GradSampleModule(model, loss_reduction="sum")
     opt = SecureDPOptimizer(
         optimizer_fn(list(gsm.parameters())),
         noise_multiplier=noise_multiplier,
         max_grad_norm=max_grad_norm,
-        expected_batch_size=sample_rate * n,
+        expected_batch_size=expected_batch_size,
         rng=rng,
     )
     losses = []
