@@ -447,6 +447,7 @@ class CKKSServer(ServerProtection):
         self.public_context: bytes | None = None
         self.fingerprint: str | None = None
         self.key_holders: list[str] = []
+        self._reachable: dict[str, ClientLike] = {}  #: every client seen at set-up, by id
 
     # --- set-up: key distribution through the server
     def _adverts(self, clients: Sequence[ClientLike], exchange: Exchange) -> dict[str, dict[str, Any]]:
@@ -465,7 +466,7 @@ class CKKSServer(ServerProtection):
     def setup(self, clients: Sequence[ClientLike], exchange: Exchange) -> None:
         sid = self.settings.settings_id
         adverts = self._adverts(clients, exchange)
-        by_id = {c.client_id: c for c in clients}
+        by_id = self._reachable = {c.client_id: c for c in clients}
         for generator in list(adverts):
             reply = exchange.send(by_id[generator], wire.encode(wire.Kind.CKKS_KEYGEN, {"settings": sid, "peers": adverts}))
             if reply is not None:
@@ -541,7 +542,8 @@ class CKKSServer(ServerProtection):
             return None
         if count < self.settings.min_clients:
             raise AggregationError(
-                f"{count} contributions, fewer than min_clients={self.settings.min_clients}: nothing is decrypted"
+                f"{count} contribution{'s' if count > 1 else ''}, fewer than min_clients="
+                f"{self.settings.min_clients}: nothing is decrypted"
             )
         assert got.aux_keys is not None
         layout = Layout(dim, got.aux_keys, len(self.key_holders))
@@ -552,8 +554,9 @@ class CKKSServer(ServerProtection):
         )
         assert self.fingerprint is not None
         decryptor = keys.decryptor_for(tuple(self.key_holders), self.fingerprint, exchange.round)
-        by_id = {c.client_id: c for c in clients}
-        values, flood = self._decrypt(request, by_id.get(decryptor, decryptor), exchange, layout, count)
+        # the designated holder need not be in this round's sample
+        holder = {**self._reachable, **{c.client_id: c for c in clients}}.get(decryptor, decryptor)
+        values, flood = self._decrypt(request, holder, exchange, layout, count)
         return self._result(values, layout, got, count, decryptor, flood, exchange)
 
     def _result(

@@ -284,3 +284,14 @@ def test_re_key_by_the_pinned_generator_is_accepted():
     half.setup([generator] + [h for h in holders if h is not generator], Exchange(0))
     assert half.fingerprint != old
     assert all(h.protection.fingerprint == half.fingerprint for h in holders)
+
+
+def test_designated_holder_outside_the_sample_still_decrypts():
+    """The designated decryptor is a key holder, not necessarily a participant."""
+    server, half, holders = federation()
+    designated = ckks_keys.decryptor_for(tuple(half.key_holders), half.fingerprint, 1)
+    sample = [h for h in holders if h.client_id != designated]
+    agg = half.aggregate(sample, server.global_message(1), DIM, Exchange(1))
+    assert agg.count == 4 and agg.stats["decryptor"] == designated
+    expected = sum(h.update for h in sample)
+    assert np.abs(agg.total.double().numpy() - expected).max() < 1e-3
