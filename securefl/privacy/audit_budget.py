@@ -10,7 +10,9 @@ reports per subject and overall:
   ``dp_accounting`` (Meiser and Mohammadi 2018; Doroshenko et al. 2022) as an
   independent implementation;
 * the remaining budget and the rounds left at the subject's current rate (its
-  last round's noise multiplier, sampling rate and steps);
+  last round's noise multiplier, sampling rate and steps), found in bounded time
+  and memory whatever the ledger says (see :func:`rounds_left`); never more
+  rounds than the ledger's accountant allows;
 * a plot of epsilon over rounds.
 
 Composition: a subject's runs compose sequentially. Sample-level DP-SGD
@@ -19,10 +21,13 @@ any record is the largest client epsilon (parallel composition over disjoint
 data). Client-level DP-FedAvg is recorded for the subject ``"federation"`` and
 is the guarantee for any whole client.
 
-A ledger that cannot be read, whose chain is broken, whose epsilon goes down,
-or whose recorded epsilons do not match their own history is rejected with
-:class:`~securefl.exceptions.LedgerError` (``securefl`` exits with status 1 and
-one line; usage errors such as a bad ``--delta`` exit with status 2).
+A ledger that cannot be read, has an invalid or out-of-range field, whose chain
+is broken or does not bind its header (``delta``, ``budget``, ``accountant``),
+whose epsilon goes down, or whose recorded epsilons do not match their own
+history is rejected with :class:`~securefl.exceptions.LedgerError`; one whose
+PRV accounting would exceed :data:`~securefl.privacy.ledger.MAX_PRV_GRID_POINTS`
+with :class:`~securefl.exceptions.AccountingError` (``securefl`` exits with
+status 1 and one line; usage errors such as a bad ``--delta`` exit with status 2).
 """
 
 from __future__ import annotations
@@ -31,19 +36,34 @@ import argparse
 import json
 import math
 import os
+import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, NamedTuple
+
+import numpy as np
 
 from securefl.exceptions import ConfigValueError, LedgerError
 from securefl.privacy import accounting
-from securefl.privacy.ledger import PrivacyLedger
+from securefl.privacy.ledger import (
+    BUDGET_SLACK,
+    MAX_PRV_GRID_POINTS,
+    PrivacyLedger,
+    check_prv_cost,
+    prv_grid_points,
+)
 
 FEDERATION = "federation"
 #: mechanism -> the unit of privacy it protects
 LEVELS = {"dp-sgd": "sample", "dp-fedavg": "client"}
-#: rounds-left searches stop here
-MAX_ROUNDS_LEFT = 100_000
+#: rounds-left searches stop here (reported as ">=MAX_ROUNDS_LEFT")
+MAX_ROUNDS_LEFT = 10_000
+#: PRV grid points one rounds-left probe may use (~0.5 s, ~130 MB), or 1.25x what
+#: checking the very next round needs if that is more (a long run's audit already
+#: needs it; at most MAX_PRV_GRID_POINTS)
+SEARCH_GRID_POINTS = 2**19
+#: PRV grid points one subject's rounds-left search may use in all (or 3 probes' worth)
+SEARCH_GRID_BUDGET = 2**21
 _REL_TOL = 1e-6
 
 
@@ -67,6 +87,7 @@ class SubjectBudget:
     budget: float | None
     remaining: float | None
     rounds_left: int | None  #: at the current rate; None without a budget
+    rounds_left_at_least: bool  #: rounds_left is a lower bound (the search hit its round or cost cap)
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -90,57 +111,117 @@ def pld_epsilon(history: accounting.History, delta: float) -> float:
     return float(acc.get_epsilon(delta))
 
 
-def rounds_left(history: accounting.History, last: tuple[float, float, int], budget: float,
-                delta: float, accountant: str) -> int:
-    """How many more rounds like ``last`` keep ``accountant``'s epsilon within ``budget``."""
-    sigma, q, steps = last
+class RoundsLeft(NamedTuple):
+    """Rounds that keep the ledger's accountant within budget; a lower bound when ``at_least``."""
 
-    def fits(n: int) -> bool:
-        h = accounting.normalize(history + ((sigma, q, steps * n),))
-        return accounting.epsilon_under(accountant, h, delta) <= budget * (1 + 1e-9)
+    rounds: int
+    at_least: bool
 
-    if not fits(1):
-        return 0
-    lo, hi = 1, 2
-    while fits(hi):
-        lo, hi = hi, hi * 2
-        if hi > MAX_ROUNDS_LEFT:
-            return MAX_ROUNDS_LEFT
+
+def _largest(fits: Callable[[int], bool], top: int) -> int:
+    """Largest ``k`` in ``[0, top]`` with ``fits(k)`` (monotone; ``fits(0)`` assumed)."""
+    if fits(top):
+        return top
+    lo, hi = 0, top
     while hi - lo > 1:
         mid = (lo + hi) // 2
-        if fits(mid):
-            lo = mid
-        else:
-            hi = mid
+        lo, hi = (mid, hi) if fits(mid) else (lo, mid)
     return lo
+
+
+def rounds_left(history: accounting.History, last: tuple[float, float, int], budget: float,
+                delta: float, accountant: str) -> RoundsLeft:
+    """How many more rounds like ``last`` keep ``accountant``'s epsilon within ``budget``,
+    in bounded time and memory whatever the ledger says.
+
+    The count is found under RDP first (a closed form: O(#orders) per probe), which is
+    exact for an RDP ledger. Under PRV it only seeds the search: every count reported
+    was itself evaluated under PRV (``rounds`` fits; exact answers also saw
+    ``rounds + 1`` fail), so it is never more than the ledger's accountant allows.
+    The search stops at :data:`MAX_ROUNDS_LEFT` rounds and at a PRV grid budget
+    (:data:`SEARCH_GRID_POINTS` per probe, :data:`SEARCH_GRID_BUDGET` in all); it then
+    reports the largest count confirmed so far with ``at_least=True``.
+    """
+    sigma, q, steps = last
+    history = tuple(history)
+    limit = budget * (1 + BUDGET_SLACK)  # as PrivacyLedger.check_budget
+
+    def at(k: int) -> accounting.History:
+        return accounting.normalize(history + ((sigma, q, steps * k),))
+
+    r_rdp = _largest(lambda k: k == 0 or accounting.epsilon_under("rdp", at(k), delta) <= limit, MAX_ROUNDS_LEFT)
+    if accountant == "rdp":
+        return RoundsLeft(r_rdp, r_rdp >= MAX_ROUNDS_LEFT)
+
+    # a history whose next round alone is costly (a long run) may still probe that far
+    next_round = min(prv_grid_points(at(1), delta), MAX_PRV_GRID_POINTS)
+    per_probe = min(MAX_PRV_GRID_POINTS, max(SEARCH_GRID_POINTS, 1.25 * next_round))
+    allowance = max(SEARCH_GRID_BUDGET, 3 * per_probe)
+    top = _largest(lambda k: k == 0 or prv_grid_points(at(k), delta) <= per_probe, MAX_ROUNDS_LEFT)
+    lo, e_lo = 0, None  # largest count known to fit (0 trivially)
+    hi, e_hi = top + 1, None  # smallest count known not to fit; top + 1: not probed
+    guess, side, streak = min(max(r_rdp, 1), top), "", 0
+    while top >= 1 and hi - lo > 1:
+        cost = prv_grid_points(at(guess), delta)
+        if cost > allowance:
+            break
+        allowance -= cost
+        e = accounting.epsilon_under("prv", at(guess), delta)
+        now = "lo" if e <= limit else "hi"
+        streak, side = (streak + 1 if now == side else 1), now
+        if now == "lo":
+            lo, e_lo = guess, e
+        else:
+            hi, e_hi = guess, e
+        if e_hi is None:  # nothing failed yet: go up
+            guess = min(top, 2 * lo)
+        elif e_lo is None or streak >= 2 or not math.isfinite(e_hi):  # bisect
+            guess = (lo + hi) // 2
+        else:  # secant through the bracket
+            guess = lo + int((limit - e_lo) / (e_hi - e_lo) * (hi - lo))
+        guess = min(max(guess, lo + 1), hi - 1)
+    return RoundsLeft(lo, not (e_hi is not None and hi - lo == 1))
+
+
+def _rdp_epsilon_of(rdp: np.ndarray, delta: float) -> float:
+    """RDP epsilon of an accumulated RDP vector over :data:`accounting.RDP_ORDERS`."""
+    from opacus.accountants.analysis import rdp as rdp_analysis
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        eps, _ = rdp_analysis.get_privacy_spent(orders=list(accounting.RDP_ORDERS), rdp=rdp, delta=delta)
+    return float(eps)
 
 
 def _check_recorded(ledger: PrivacyLedger) -> None:
     """Every entry's recorded RDP epsilon must follow from the subject's history so
-    far (a forged but re-chained ledger fails here)."""
-    histories: dict[str, list[tuple[float, float, int]]] = {}
-    for i, e in enumerate(ledger.entries):
-        try:
-            run = (float(e["noise_multiplier"]), float(e["sample_rate"]), int(e["steps"]))
-            claimed = float(e["epsilon"]["rdp"])
-            mechanism = e["mechanism"]
-        except (KeyError, TypeError, ValueError) as exc:
-            raise LedgerError(f"entry {i}: missing or malformed field {exc}") from exc
+    far (a forged but re-chained ledger fails here). Linear in the entries: each
+    subject's RDP vector is accumulated, not recomposed."""
+    rdp: dict[str, np.ndarray] = {}
+    noiseless: set[str] = set()  # a run with noise multiplier 0: epsilon is infinite from then on
+    for i, e in enumerate(ledger.entries):  # fields validated by ledger.verify()
+        subject, mechanism = e["subject"], e["mechanism"]
         if mechanism not in LEVELS:
             raise LedgerError(f"entry {i}: unknown mechanism {mechanism!r}")
-        if (mechanism == "dp-fedavg") != (e["subject"] == FEDERATION):
-            raise LedgerError(f"entry {i}: mechanism {mechanism} recorded for subject {e['subject']!r}")
-        if e.get("delta") != ledger.delta:
-            raise LedgerError(f"entry {i}: delta {e.get('delta')!r} differs from the ledger's {ledger.delta}")
+        if (mechanism == "dp-fedavg") != (subject == FEDERATION):
+            raise LedgerError(f"entry {i}: mechanism {mechanism} recorded for subject {subject!r}")
+        if e["delta"] != ledger.delta:
+            raise LedgerError(f"entry {i}: delta {e['delta']!r} differs from the ledger's {ledger.delta}")
+        sigma, q, steps = float(e["noise_multiplier"]), float(e["sample_rate"]), int(e["steps"])
         try:
-            h = histories.setdefault(e["subject"], [])
-            h.append(run)
-            want = accounting.rdp_epsilon(accounting.normalize(h), ledger.delta)
-        except ConfigValueError as exc:
+            if sigma == 0:
+                noiseless.add(subject)
+            else:
+                with np.errstate(over="ignore"):
+                    step = steps * accounting._rdp_one_step(sigma, q, accounting.RDP_ORDERS)
+                rdp[subject] = rdp[subject] + step if subject in rdp else step
+            want = math.inf if subject in noiseless else _rdp_epsilon_of(rdp[subject], ledger.delta)
+        except (ArithmeticError, ValueError) as exc:
             raise LedgerError(f"entry {i}: invalid mechanism parameters: {exc}") from exc
+        claimed = float(e["epsilon"]["rdp"])
         if not math.isclose(claimed, want, rel_tol=_REL_TOL, abs_tol=1e-12):
             raise LedgerError(
-                f"entry {i}: recorded epsilon (rdp) {claimed:.6g} of {e['subject']} does not follow from its "
+                f"entry {i}: recorded epsilon (rdp) {claimed:.6g} of {subject} does not follow from its "
                 f"history (recomputed {want:.6g})"
             )
 
@@ -153,11 +234,14 @@ def budget_report(ledger: PrivacyLedger, *, delta: float | None = None, pld: boo
     d = ledger.delta if delta is None else delta
     if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 < d < 1:
         raise ConfigValueError("delta", d, "must be in (0, 1)")
+    by_subject: dict[str, list[dict[str, Any]]] = {}
+    for e in ledger.entries:
+        by_subject.setdefault(e["subject"], []).append(e)
     rows: list[SubjectBudget] = []
-    for subject in ledger.subjects():
-        entries = [e for e in ledger.entries if e["subject"] == subject]
-        history = ledger.history(subject)
+    for subject, entries in by_subject.items():
+        history = accounting.normalize((e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in entries)
         last_entry = entries[-1]
+        check_prv_cost(history, d, subject)
         report = accounting.epsilon(history, d)
         recorded = float(last_entry["epsilon"][ledger.accountant])
         if d == ledger.delta:
@@ -169,6 +253,7 @@ def budget_report(ledger: PrivacyLedger, *, delta: float | None = None, pld: boo
                 )
         budget = ledger.budget  # a budget is set at the ledger's delta: remaining and rounds left use it
         last = (float(last_entry["noise_multiplier"]), float(last_entry["sample_rate"]), int(last_entry["steps"]))
+        left = None if budget is None else rounds_left(history, last, budget, ledger.delta, ledger.accountant)
         rows.append(
             SubjectBudget(
                 subject=subject,
@@ -186,7 +271,8 @@ def budget_report(ledger: PrivacyLedger, *, delta: float | None = None, pld: boo
                 recorded=recorded,
                 budget=budget,
                 remaining=None if budget is None else budget - recorded,
-                rounds_left=None if budget is None else rounds_left(history, last, budget, ledger.delta, ledger.accountant),
+                rounds_left=None if left is None else left.rounds,
+                rounds_left_at_least=left is not None and left.at_least,
             )
         )
     overall: dict[str, Any] = {}
@@ -195,6 +281,7 @@ def budget_report(ledger: PrivacyLedger, *, delta: float | None = None, pld: boo
         if not mine:
             continue
         worst = max(mine, key=lambda r: getattr(r, ledger.accountant))
+        fewest = None if ledger.budget is None else min(r.rounds_left for r in mine)
         overall[level] = {
             "subject": worst.subject,
             "epsilon": getattr(worst, ledger.accountant),
@@ -203,7 +290,10 @@ def budget_report(ledger: PrivacyLedger, *, delta: float | None = None, pld: boo
             "rdp": max(r.rdp for r in mine),
             "pld": max(r.pld for r in mine) if pld else None,
             "remaining": None if ledger.budget is None else min(r.remaining for r in mine),
-            "rounds_left": None if ledger.budget is None else min(r.rounds_left for r in mine),
+            "rounds_left": fewest,
+            # exact if any subject with the fewest rounds left is exact
+            "rounds_left_at_least": fewest is not None
+            and all(r.rounds_left_at_least for r in mine if r.rounds_left == fewest),
             "subjects": len(mine),
         }
     return {
@@ -244,8 +334,8 @@ def _cells(row: dict[str, Any], with_pld: bool) -> list[str]:
             out.append(f"[{row['prv_lower']:.3f}, {row['prv']:.3f}]")
         elif row[key] is None:
             out.append("-")
-        elif key == "rounds_left" and row[key] >= MAX_ROUNDS_LEFT:
-            out.append(f">={MAX_ROUNDS_LEFT}")
+        elif key == "rounds_left" and row["rounds_left_at_least"]:
+            out.append(f">={row[key]}")
         else:
             out.append(fmt.format(row[key]))
     return out
@@ -273,7 +363,8 @@ def render(report: dict[str, Any], fmt: str) -> str:
     lines.append("")
     names = {"sample": "sample-level (any record; max over clients)", "client": "client-level (any client; federation)"}
     for level, o in report["overall"].items():
-        left = "" if o["remaining"] is None else f", remaining {o['remaining']:.3f}, rounds left {o['rounds_left']}"
+        n = f"{'>=' if o['rounds_left_at_least'] else ''}{o['rounds_left']}"
+        left = "" if o["remaining"] is None else f", remaining {o['remaining']:.3f}, rounds left {n}"
         pld = "" if o["pld"] is None else f", PLD {o['pld']:.3f}"
         lines.append(
             f"overall {names[level]}: epsilon {o['epsilon']:.3f} ({report['accountant']}; PRV <= {o['prv']:.3f}, "

@@ -9,26 +9,55 @@ Entries are written *before* the mechanism's output leaves its owner, with an
 atomic write (temp file, fsync, rename), so a crash can only over-count spent
 budget, never lose it. Entries form a SHA-256 hash chain; loading verifies the
 chain and that no subject's epsilon ever goes down.
+
+Format version 2 binds every field that drives a privacy decision into the
+chain: the genesis hash is derived from the header's ``delta``, ``budget`` and
+``accountant``, and every entry body repeats them, so editing any of them in the
+file is detected and named. Every field is also validated on load (finite, in
+range). The chain is unkeyed: it detects edits, not a forger who rewrites the
+whole file and recomputes every hash (``audit budget`` recomputes epsilons from
+the recorded runs, which catches forged epsilons but not a forged budget).
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
+import math
 import os
 import time
+import warnings
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterable
+
+import numpy as np
 
 from securefl._io import atomic_write_json
-from securefl.exceptions import BudgetExhaustedError, LedgerError
+from securefl.exceptions import AccountingError, BudgetExhaustedError, ConfigValueError, LedgerError
 from securefl.privacy import accounting
 
 FORMAT = "securefl-ledger"
-VERSION = 1
-GENESIS = hashlib.sha256(b"securefl-ledger-v1").hexdigest()
+VERSION = 2
+GENESIS_TAG = b"securefl-ledger-v2"
 MECHANISMS = ("dp-sgd", "dp-fedavg")
-_BUDGET_SLACK = 1e-9
+ACCOUNTANTS = ("prv", "rdp")
+DEFAULT_DELTA = 1e-5
+#: header fields that decide privacy: bound by the genesis hash and repeated in every entry
+BOUND_FIELDS = ("delta", "budget", "accountant")
+HEADER_FIELDS = frozenset({"format", "version", *BOUND_FIELDS, "entries"})
+EPSILON_FIELDS = frozenset({"prv", "prv_lower", "prv_estimate", "rdp"})
+ENTRY_FIELDS = frozenset(
+    {"seq", "subject", "round", "mechanism", "noise_multiplier", "sample_rate", "steps",
+     *BOUND_FIELDS, "epsilon", "time", "prev", "hash"}
+)  # fmt: skip
+#: a noise multiplier is 0 (no noise: infinite epsilon) or in this range (outside it
+#: the accountants' arithmetic under- or overflows)
+NOISE_MULTIPLIER_RANGE = (1e-6, 1e6)
+MAX_STEPS = 10**9  #: per entry
+#: the PRV accountant is not run on a grid larger than this (segments x points;
+#: about 200 bytes and 1 microsecond per point)
+MAX_PRV_GRID_POINTS = 2**24
+BUDGET_SLACK = 1e-9
 
 
 def _entry_hash(prev: str, body: dict[str, Any]) -> str:
@@ -36,33 +65,188 @@ def _entry_hash(prev: str, body: dict[str, Any]) -> str:
     return hashlib.sha256(prev.encode() + canon).hexdigest()
 
 
+def genesis(delta: float, budget: float | None, accountant: str) -> str:
+    """The ``prev`` of entry 0: a hash of the header fields that drive privacy decisions."""
+    header = {"delta": float(delta), "budget": None if budget is None else float(budget), "accountant": accountant}
+    return hashlib.sha256(GENESIS_TAG + json.dumps(header, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
+
+
+def _real(value: Any) -> float | None:
+    """``value`` as a float if it is a JSON number (not a bool), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    try:
+        return float(value)
+    except OverflowError:  # an int beyond the float range
+        return math.inf
+
+
+def _header_problem(delta: Any, budget: Any, accountant: Any) -> tuple[str, Any, str] | None:
+    """``(field, value, reason)`` for the first invalid header value, or None."""
+    d = _real(delta)
+    if d is None or not math.isfinite(d) or not 0 < d < 1:
+        return "delta", delta, "must be a finite number in (0, 1)"
+    if budget is not None:
+        b = _real(budget)
+        if b is None or not math.isfinite(b) or b <= 0:
+            return "budget", budget, "must be a finite number > 0 or null"
+    if accountant not in ACCOUNTANTS:
+        return "accountant", accountant, f"must be one of {', '.join(ACCOUNTANTS)}"
+    return None
+
+
+def _run_problem(subject: Any, round: Any, mechanism: Any, noise_multiplier: Any, sample_rate: Any,
+                 steps: Any) -> tuple[str, Any, str] | None:
+    """``(field, value, reason)`` for the first invalid mechanism-run field, or None."""
+    if not isinstance(subject, str) or not subject:
+        return "subject", subject, "must be a non-empty string"
+    if isinstance(round, bool) or not isinstance(round, int):
+        return "round", round, "must be an integer"
+    if mechanism not in MECHANISMS:
+        return "mechanism", mechanism, f"must be one of {', '.join(MECHANISMS)}"
+    z = _real(noise_multiplier)
+    lo, hi = NOISE_MULTIPLIER_RANGE
+    if z is None or not (z == 0 or lo <= z <= hi):
+        return "noise_multiplier", noise_multiplier, f"must be 0 or a number in [{lo:g}, {hi:g}]"
+    q = _real(sample_rate)
+    if q is None or not 0 < q <= 1:
+        return "sample_rate", sample_rate, "must be a number in (0, 1]"
+    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
+        return "steps", steps, f"must be an integer in [1, {MAX_STEPS}]"
+    return None
+
+
+def _check_entry(i: int, entry: Any) -> None:
+    """Raise :class:`LedgerError` naming the first missing, extra or invalid field of entry ``i``."""
+    if not isinstance(entry, dict):
+        raise LedgerError(f"entry {i}: not an object")
+    missing, extra = ENTRY_FIELDS - entry.keys(), entry.keys() - ENTRY_FIELDS
+    if missing or extra:
+        what = f"missing field {sorted(missing)[0]!r}" if missing else f"unexpected field {sorted(extra)[0]!r}"
+        raise LedgerError(f"entry {i}: {what}")
+    if isinstance(entry["seq"], bool) or entry["seq"] != i:
+        raise LedgerError(f"entry {i}: sequence number {entry['seq']!r} out of order")
+    for name in ("prev", "hash"):
+        if not isinstance(entry[name], str):
+            raise LedgerError(f"entry {i}: field {name!r} must be a hex digest, got {entry[name]!r}")
+    run = ("subject", "round", "mechanism", "noise_multiplier", "sample_rate", "steps")
+    bad = _run_problem(*(entry[k] for k in run))
+    if bad is None:
+        bad = _header_problem(entry["delta"], entry["budget"], entry["accountant"])
+    if bad is None:
+        t = _real(entry["time"])
+        if t is None or not math.isfinite(t):
+            bad = ("time", entry["time"], "must be a finite number")
+    if bad is None:
+        eps = entry["epsilon"]
+        if not isinstance(eps, dict) or eps.keys() != EPSILON_FIELDS:
+            bad = ("epsilon", eps, f"must be an object with exactly {', '.join(sorted(EPSILON_FIELDS))}")
+        else:
+            for key in sorted(EPSILON_FIELDS):
+                # +inf is the honest epsilon of a noiseless run (it only over-states spend); NaN is not
+                v = _real(eps[key])
+                if v is None or math.isnan(v) or v < 0:
+                    bad = (f"epsilon.{key}", eps[key], "must be a number >= 0")
+                    break
+    if bad is not None:
+        field, value, reason = bad
+        raise LedgerError(f"entry {i}: field {field!r} {reason}, got {value!r}")
+
+
+def prv_grid_points(history: Iterable[tuple[float, float, int]], delta: float, eps_error: float = 0.01) -> float:
+    """Grid points the PRV accountant allocates for ``history`` at ``delta``
+    (segments x domain size; its time and memory are linear in this). Mirrors
+    :func:`securefl.privacy.accounting.prv_epsilon` at a cost of a few RDP evaluations."""
+    h = accounting.normalize(history)
+    if not h or any(sigma == 0 for sigma, _, _ in h):
+        return 0.0  # answered without a grid
+    delta_error = delta / 1000
+    try:
+        with warnings.catch_warnings(), np.errstate(all="ignore"):
+            warnings.simplefilter("ignore", RuntimeWarning)
+            half_width = accounting._prv_domain_size(h, eps_error, delta_error)
+    except (ArithmeticError, ValueError):
+        return math.inf
+    mesh = eps_error / math.sqrt(sum(n for _, _, n in h) * math.log(12 / delta_error) / 2)
+    points = len(h) * (2 * half_width / mesh + 2)
+    return points if math.isfinite(points) else math.inf
+
+
+def check_prv_cost(history: Iterable[tuple[float, float, int]], delta: float, what: str) -> None:
+    """Raise :class:`AccountingError` if PRV accounting of ``history`` needs more
+    than :data:`MAX_PRV_GRID_POINTS` grid points."""
+    points = prv_grid_points(history, delta)
+    if points > MAX_PRV_GRID_POINTS:
+        raise AccountingError(
+            f"{what}: PRV accounting would need {points:.3g} grid points, above the limit {MAX_PRV_GRID_POINTS} "
+            f"(history {accounting.normalize(history)[-3:]} at delta {delta:g})"
+        )
+
+
 class PrivacyLedger:
     """An append-only, hash-chained record of privacy spend.
 
     ``path=None`` keeps the ledger in memory (tests, dry runs). ``budget`` is the
-    epsilon no subject may exceed under ``accountant`` at ``delta``.
+    epsilon no subject may exceed under ``accountant`` at ``delta``. Over an
+    existing file with entries, the values its chain binds are used; a different
+    ``delta``, ``budget`` or ``accountant`` given here is refused (one left None
+    is taken from the file). ``delta``, ``budget`` and ``accountant`` are read-only.
     """
 
     def __init__(
         self,
         path: str | os.PathLike | None = None,
         *,
-        delta: float = 1e-5,
+        delta: float | None = None,
         budget: float | None = None,
-        accountant: str = "prv",
+        accountant: str | None = None,
     ) -> None:
         self.path = Path(path) if path is not None else None
-        self.delta = float(delta)
-        self.budget = None if budget is None else float(budget)
-        self.accountant = accountant
         self.entries: list[dict[str, Any]] = []
+        given = {"delta": delta, "budget": budget, "accountant": accountant}
+        bad = _header_problem(
+            DEFAULT_DELTA if delta is None else delta, budget, "prv" if accountant is None else accountant
+        )
+        if bad is not None:
+            raise ConfigValueError(*bad)
         if self.path is not None and self.path.exists():
             other = PrivacyLedger.load(self.path)
-            if other.delta != self.delta:
-                raise LedgerError(f"{self.path}: ledger delta {other.delta} differs from {self.delta}")
+            if other.entries:
+                for field, value in given.items():
+                    bound = getattr(other, field)
+                    if value is not None and (float(value) if field != "accountant" else value) != bound:
+                        raise LedgerError(
+                            f"{self.path}: ledger field {field!r} is bound to {bound!r} by its hash chain; "
+                            f"this run asks for {value!r} (start a new ledger to change it)"
+                        )
+            delta = other.delta if delta is None else delta
+            budget = other.budget if budget is None else budget
+            accountant = other.accountant if accountant is None else accountant
             self.entries = other.entries
-            if self.budget is None:
-                self.budget = other.budget
+        delta = DEFAULT_DELTA if delta is None else delta
+        accountant = "prv" if accountant is None else accountant
+        bad = _header_problem(delta, budget, accountant)
+        if bad is not None:
+            raise ConfigValueError(*bad)
+        self._delta = float(delta)
+        self._budget = None if budget is None else float(budget)
+        self._accountant = str(accountant)
+
+    @property
+    def delta(self) -> float:
+        return self._delta
+
+    @property
+    def budget(self) -> float | None:
+        return self._budget
+
+    @property
+    def accountant(self) -> str:
+        return self._accountant
+
+    @property
+    def genesis(self) -> str:
+        return genesis(self._delta, self._budget, self._accountant)
 
     # --------------------------------------------------------------- queries
     def subjects(self) -> list[str]:
@@ -85,12 +269,18 @@ class PrivacyLedger:
         """Epsilon of ``subject`` (under the ledger's accountant) if one more
         mechanism run with these parameters were recorded."""
         h = self.history(subject) + ((float(noise_multiplier), float(sample_rate), int(steps)),)
+        if self.accountant == "prv":
+            check_prv_cost(h, self.delta, subject)
         return accounting.epsilon_under(self.accountant, h, self.delta)
+
+    def within_budget(self, eps: float) -> bool:
+        """Whether ``eps`` (under the ledger's accountant) is allowed by the budget."""
+        return self.budget is None or eps <= self.budget * (1 + BUDGET_SLACK)
 
     def check_budget(self, subject: str, noise_multiplier: float, sample_rate: float, steps: int) -> float:
         """Raise :class:`BudgetExhaustedError` if the run would exceed the budget."""
         would_be = self.would_spend(subject, noise_multiplier, sample_rate, steps)
-        if self.budget is not None and would_be > self.budget * (1 + _BUDGET_SLACK):
+        if not self.within_budget(would_be):
             spent = accounting.epsilon_under(self.accountant, self.history(subject), self.delta)
             raise BudgetExhaustedError(subject, spent, would_be, self.budget)
         return would_be
@@ -108,25 +298,33 @@ class PrivacyLedger:
         enforce_budget: bool = True,
     ) -> dict[str, Any]:
         """Append one mechanism run and persist the ledger before returning."""
-        if mechanism not in MECHANISMS:
-            raise LedgerError(f"unknown mechanism {mechanism!r}")
-        if enforce_budget:
-            self.check_budget(subject, noise_multiplier, sample_rate, steps)
-        history = self.history(subject) + ((float(noise_multiplier), float(sample_rate), int(steps)),)
-        report = accounting.epsilon(history, self.delta)
-        body = {
-            "seq": len(self.entries),
+        run = {
             "subject": str(subject),
             "round": int(round),
             "mechanism": mechanism,
             "noise_multiplier": float(noise_multiplier),
             "sample_rate": float(sample_rate),
             "steps": int(steps),
+        }
+        bad = _run_problem(**run)
+        if bad is not None:
+            field, value, reason = bad
+            raise LedgerError(f"cannot record {field}={value!r}: {reason}")
+        if enforce_budget:
+            self.check_budget(subject, noise_multiplier, sample_rate, steps)
+        history = self.history(subject) + ((run["noise_multiplier"], run["sample_rate"], run["steps"]),)
+        check_prv_cost(history, self.delta, subject)
+        report = accounting.epsilon(history, self.delta)
+        body = {
+            "seq": len(self.entries),
+            **run,
             "delta": self.delta,
+            "budget": self.budget,
+            "accountant": self.accountant,
             "epsilon": report.as_dict(),
             "time": round_time(),
         }
-        prev = self.entries[-1]["hash"] if self.entries else GENESIS
+        prev = self.entries[-1]["hash"] if self.entries else self.genesis
         entry = {**body, "prev": prev, "hash": _entry_hash(prev, body)}
         self.entries.append(entry)
         self.save()
@@ -149,53 +347,77 @@ class PrivacyLedger:
     # --------------------------------------------------------------- loading
     @classmethod
     def load(cls, path: str | os.PathLike) -> "PrivacyLedger":
-        """Load and verify a ledger; raise :class:`LedgerError` if anything is off."""
+        """Load and verify a ledger; raise :class:`LedgerError` (one line naming
+        the file and the offending field) if anything is off."""
         path = Path(path)
         try:
             data = json.loads(path.read_text())
-        except (OSError, ValueError) as exc:
-            raise LedgerError(f"{path}: cannot read ledger: {exc}") from exc
+        except (OSError, ValueError, RecursionError) as exc:
+            raise LedgerError(f"{path}: cannot read ledger: {exc}") from None
         if not isinstance(data, dict) or data.get("format") != FORMAT:
             raise LedgerError(f"{path}: not a securefl ledger")
-        if data.get("version") != VERSION:
-            raise LedgerError(f"{path}: unsupported ledger version {data.get('version')!r}")
-        delta, budget, accountant = data.get("delta"), data.get("budget"), data.get("accountant", "prv")
-        if isinstance(delta, bool) or not isinstance(delta, (int, float)) or not 0 < delta < 1:
-            raise LedgerError(f"{path}: ledger delta must be a number in (0, 1), got {delta!r}")
-        if budget is not None and (isinstance(budget, bool) or not isinstance(budget, (int, float))):
-            raise LedgerError(f"{path}: ledger budget must be a number or null, got {budget!r}")
-        if accountant not in ("prv", "rdp"):
-            raise LedgerError(f"{path}: ledger accountant must be prv or rdp, got {accountant!r}")
-        entries = data.get("entries", [])
+        version = data.get("version")
+        if isinstance(version, bool):
+            raise LedgerError(f"{path}: unsupported ledger version {version!r} (expected {VERSION})")
+        if version == 1:
+            raise LedgerError(
+                f"{path}: unsupported ledger version 1; this securefl reads version {VERSION}, which binds "
+                "delta, budget and accountant into the hash chain (rerun training to write a new ledger)"
+            )
+        if version != VERSION:
+            raise LedgerError(f"{path}: unsupported ledger version {version!r} (expected {VERSION})")
+        missing, extra = HEADER_FIELDS - data.keys(), data.keys() - HEADER_FIELDS
+        if missing:
+            raise LedgerError(f"{path}: ledger field {sorted(missing)[0]!r} is missing")
+        if extra:
+            raise LedgerError(f"{path}: unexpected ledger field {sorted(extra)[0]!r}")
+        bad = _header_problem(data["delta"], data["budget"], data["accountant"])
+        if bad is not None:
+            field, value, reason = bad
+            raise LedgerError(f"{path}: ledger field {field!r} {reason}, got {value!r}")
+        entries = data["entries"]
         if not isinstance(entries, list):
-            raise LedgerError(f"{path}: ledger entries must be a list, got {type(entries).__name__}")
-        ledger = cls(None, delta=delta, budget=budget, accountant=accountant)
+            raise LedgerError(f"{path}: ledger field 'entries' must be a list, got {type(entries).__name__}")
+        ledger = cls(None, delta=data["delta"], budget=data["budget"], accountant=data["accountant"])
         ledger.path = path
         ledger.entries = list(entries)
-        ledger.verify()
+        try:
+            ledger.verify()
+        except LedgerError as exc:
+            raise LedgerError(f"{path}: {exc}") from None
         return ledger
 
     def verify(self) -> None:
-        """Check the hash chain, sequence numbers and per-subject monotone epsilon."""
-        prev = GENESIS
+        """Check every field, the hash chain, that the chain binds this ledger's
+        ``delta``, ``budget`` and ``accountant``, and per-subject monotone epsilon."""
+        for i, entry in enumerate(self.entries):
+            _check_entry(i, entry)
+            body = {k: v for k, v in entry.items() if k not in ("prev", "hash")}
+            linked = i == 0 or entry["prev"] == self.entries[i - 1]["hash"]
+            if not linked or entry["hash"] != _entry_hash(entry["prev"], body):
+                raise LedgerError(f"entry {i}: hash chain broken (entry altered, removed or reordered)")
+        if self.entries:
+            # the chain from entry 0 on is intact: entry 0 holds the values it binds
+            first = self.entries[0]
+            for field in BOUND_FIELDS:
+                if getattr(self, field) != first[field]:
+                    raise LedgerError(
+                        f"ledger field {field!r} is {getattr(self, field)!r} but the hash chain binds {first[field]!r}"
+                    )
+            for i, entry in enumerate(self.entries):
+                for field in BOUND_FIELDS:
+                    if entry[field] != first[field]:
+                        raise LedgerError(
+                            f"entry {i}: field {field!r} is {entry[field]!r}, entry 0 binds {first[field]!r}"
+                        )
+            if first["prev"] != self.genesis:
+                raise LedgerError("entry 0: hash chain broken (it does not start at this ledger's genesis)")
         last_eps: dict[str, float] = {}
         for i, entry in enumerate(self.entries):
-            if not isinstance(entry, dict):
-                raise LedgerError(f"entry {i}: not an object")
-            body = {k: v for k, v in entry.items() if k not in ("prev", "hash")}
-            if entry.get("seq") != i:
-                raise LedgerError(f"entry {i}: sequence number {entry.get('seq')!r} out of order")
-            if entry.get("prev") != prev or entry.get("hash") != _entry_hash(prev, body):
-                raise LedgerError(f"entry {i}: hash chain broken (entry altered, removed or reordered)")
-            try:
-                eps = float(entry["epsilon"][self.accountant])
-                subject = entry["subject"]
-            except (KeyError, TypeError, ValueError) as exc:
-                raise LedgerError(f"entry {i}: missing field {exc}") from exc
+            eps, subject = float(entry["epsilon"][self.accountant]), entry["subject"]
             if eps + 1e-9 < last_eps.get(subject, 0.0):
                 raise LedgerError(f"entry {i}: epsilon of {subject} went down ({last_eps[subject]} -> {eps})")
             last_eps[subject] = eps
-            prev = entry["hash"]
 
 
 def round_time() -> float:

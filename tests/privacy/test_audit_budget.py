@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import shutil
 from pathlib import Path
 
@@ -55,7 +56,7 @@ def report(_built) -> dict:
 
 
 def _rechain(data: dict) -> None:
-    prev = L.GENESIS
+    prev = L.genesis(data["delta"], data["budget"], data["accountant"])
     for e in data["entries"]:
         body = {k: v for k, v in e.items() if k not in ("prev", "hash")}
         e["prev"], e["hash"] = prev, L._entry_hash(prev, body)
@@ -100,9 +101,60 @@ def test_rounds_left_is_the_last_round_that_fits(report):
         n = row["rounds_left"]
         sigma, q, steps = HISTORY[row["subject"]][0][0], 1.0, RUNS[[r[0] for r in RUNS].index(row["subject"])][2][2]
         h = HISTORY[row["subject"]]
-        assert n >= 1
+        assert n >= 1 and not row["rounds_left_at_least"]
         assert A.epsilon_under("prv", A.normalize(h + ((sigma, q, steps * n),)), DELTA) <= BUDGET
         assert A.epsilon_under("prv", A.normalize(h + ((sigma, q, steps * (n + 1)),)), DELTA) > BUDGET
+
+
+def _brute_force_rounds_left(history, last, budget, accountant):
+    sigma, q, steps = last
+    k = 0
+    while A.epsilon_under(accountant, A.normalize(history + ((sigma, q, steps * (k + 1)),)), DELTA) <= budget:
+        k += 1
+    return k
+
+
+@pytest.mark.parametrize("accountant", ["prv", "rdp"])
+@pytest.mark.parametrize("budget", [0.5, 1.0, 1.7, 2.2, 3.0, 4.5])
+def test_rounds_left_search_equals_a_linear_scan(accountant, budget):
+    # the RDP-seeded secant/bisection search lands exactly where scanning round by round does
+    history, last = ((6.0, 1.0, 4),), (6.0, 1.0, 4)
+    got = B.rounds_left(history, last, budget, DELTA, accountant)
+    assert got == B.RoundsLeft(_brute_force_rounds_left(history, last, budget, accountant), False)
+
+
+def test_rounds_left_probes_are_few_and_bounded(monkeypatch):
+    # every PRV evaluation of the search stays under the per-probe grid cap, and there are
+    # O(log MAX_ROUNDS_LEFT) of them, whatever the budget
+    probes = []
+    real = A.prv_epsilon
+
+    def counting(history, delta, *args):
+        probes.append(B.prv_grid_points(history, delta))
+        return real(history, delta, *args)
+
+    monkeypatch.setattr(A, "prv_epsilon", counting)
+    history, last = ((1.0, 0.01, 400),), (1.0, 0.01, 100)
+    for budget in (1.0, 2.0, 3.5, 1e3, 1e30):  # 1.0: already spent more
+        probes.clear()
+        left = B.rounds_left(history, last, budget, DELTA, "prv")
+        assert 1 <= len(probes) <= 2 * math.ceil(math.log2(B.MAX_ROUNDS_LEFT)) + 2
+        assert max(probes) <= B.SEARCH_GRID_POINTS and sum(probes) <= B.SEARCH_GRID_BUDGET
+        if not left.at_least:  # exact answers saw rounds + 1 fail
+            assert real(A.normalize(history + ((1.0, 0.01, 100 * (left.rounds + 1)),)), DELTA)[2] > budget
+        if left.rounds:
+            assert real(A.normalize(history + ((1.0, 0.01, 100 * left.rounds),)), DELTA)[2] <= budget
+
+
+def test_rounds_left_renders_lower_bounds_with_ge(tmp_path, capsys):
+    path = tmp_path / "ledger.json"
+    ledger = PrivacyLedger(path, delta=DELTA, budget=1e30)
+    ledger.record(subject="bob", round=1, mechanism="dp-sgd", noise_multiplier=3.0, sample_rate=1.0, steps=5)
+    rep = B.budget_report(PrivacyLedger.load(path))
+    (row,) = rep["subjects"]
+    assert row["rounds_left_at_least"] and rep["overall"]["sample"]["rounds_left_at_least"]
+    code, out, _ = _main(["audit", "budget", str(path)], capsys)
+    assert code == 0 and f">={row['rounds_left']}" in out and f"rounds left >={row['rounds_left']}" in out
 
 
 def test_other_delta_recomputes(_built):

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 import securefl._io
-from securefl.exceptions import BudgetExhaustedError, LedgerError, PrivacyError
+from securefl.exceptions import AccountingError, BudgetExhaustedError, ConfigValueError, LedgerError, PrivacyError
 from securefl.privacy import accounting as A
 from securefl.privacy import ledger as L
 from securefl.privacy.ledger import PrivacyLedger
@@ -208,6 +208,8 @@ def test_budget_uses_ledger_accountant(tmp_path):
 
 # --------------------------------------------------------------- tampering
 def _bump(value):
+    if value is None:  # an unset budget
+        return 1.0
     if isinstance(value, bool):
         return not value
     if isinstance(value, int):
@@ -223,7 +225,7 @@ def _bump(value):
 
 ENTRY_FIELDS = [
     "seq", "subject", "round", "mechanism", "noise_multiplier", "sample_rate", "steps",
-    "delta", "time", "prev", "hash",
+    "delta", "budget", "accountant", "time", "prev", "hash",
     "epsilon.prv", "epsilon.rdp", "epsilon.prv_lower", "epsilon.prv_estimate",
 ]  # fmt: skip
 
@@ -294,7 +296,7 @@ def test_decreasing_epsilon_detected_even_with_valid_chain(ledger_file):
     def tamper(data):
         entries = data["entries"]
         entries[2]["epsilon"]["prv"] = entries[0]["epsilon"]["prv"] / 2
-        prev = L.GENESIS
+        prev = L.genesis(data["delta"], data["budget"], data["accountant"])
         for e in entries:
             body = {k: v for k, v in e.items() if k not in ("prev", "hash")}
             e["prev"], e["hash"] = prev, L._entry_hash(prev, body)
@@ -321,11 +323,13 @@ def test_untampered_copy_loads(ledger_file):
         b"[]",
         b'"securefl-ledger"',
         b"null",
+        b"[" * 100_000,
         b'{"entries": []}',
-        b'{"format": "something-else", "version": 1, "delta": 1e-5, "entries": []}',
-        b'{"format": "securefl-ledger", "version": 2, "delta": 1e-5, "entries": []}',
-        b'{"format": "securefl-ledger", "version": 1, "delta": 1e-5, "entries": [1]}',
-        b'{"format": "securefl-ledger", "version": 1, "delta": 1e-5, "entries": [{"seq": 0}]}',
+        b'{"format": "something-else", "version": 2, "delta": 1e-5, "budget": null, "accountant": "prv", "entries": []}',
+        b'{"format": "securefl-ledger", "version": 3, "delta": 1e-5, "budget": null, "accountant": "prv", "entries": []}',
+        b'{"format": "securefl-ledger", "version": true, "delta": 1e-5, "budget": null, "accountant": "prv", "entries": []}',
+        b'{"format": "securefl-ledger", "version": 2, "delta": 1e-5, "budget": null, "accountant": "prv", "entries": [1]}',
+        b'{"format": "securefl-ledger", "version": 2, "delta": 1e-5, "budget": null, "accountant": "prv", "entries": [{"seq": 0}]}',
     ],
 )
 def test_non_ledger_files_raise_ledger_error(tmp_path, content):
@@ -340,20 +344,118 @@ def test_missing_file_raises_ledger_error(tmp_path):
         PrivacyLedger.load(tmp_path / "absent.json")
 
 
+_HEADER = {"format": "securefl-ledger", "version": 2, "delta": 1e-5, "budget": 3.0, "accountant": "prv", "entries": []}
+
+
 @pytest.mark.parametrize(
-    "content",
+    "change, field",
     [
-        b'{"format": "securefl-ledger", "version": 1, "entries": []}',
-        b'{"format": "securefl-ledger", "version": 1, "delta": 1e-5, "entries": 5}',
-        b'{"format": "securefl-ledger", "version": 1, "delta": "abc", "entries": []}',
-        b'{"format": "securefl-ledger", "version": 1, "delta": 2.0, "entries": []}',
-        b'{"format": "securefl-ledger", "version": 1, "delta": 1e-5, "budget": "x", "entries": []}',
-        b'{"format": "securefl-ledger", "version": 1, "delta": 1e-5, "accountant": "gdp", "entries": []}',
+        ({"delta": None}, "delta"),
+        ({"entries": 5}, "entries"),
+        ({"delta": "abc"}, "delta"),
+        ({"delta": 2.0}, "delta"),
+        ({"delta": float("nan")}, "delta"),
+        ({"budget": "x"}, "budget"),
+        ({"budget": float("nan")}, "budget"),
+        ({"budget": float("inf")}, "budget"),
+        ({"budget": -1.0}, "budget"),
+        ({"budget": 0}, "budget"),
+        ({"budget": True}, "budget"),
+        ({"budget": 10**400}, "budget"),
+        ({"accountant": "gdp"}, "accountant"),
+        ({"note": "hi"}, "note"),
     ],
-    ids=["no-delta", "entries-not-list", "delta-not-number", "delta-out-of-range", "budget-not-number", "bad-accountant"],
+    ids=lambda v: repr(v) if isinstance(v, dict) else v,
 )
-def test_malformed_header_raises_ledger_error(tmp_path, content):
+def test_malformed_header_raises_ledger_error(tmp_path, change, field):
     path = tmp_path / "ledger.json"
-    path.write_bytes(content)
-    with pytest.raises(LedgerError):
+    path.write_text(json.dumps({**_HEADER, **change}))
+    with pytest.raises(LedgerError, match=f"'{field}'") as info:
         PrivacyLedger.load(path)
+    assert "\n" not in str(info.value)
+
+
+@pytest.mark.parametrize("field", ["delta", "budget", "accountant"])
+def test_missing_header_field_raises_ledger_error(tmp_path, field):
+    path = tmp_path / "ledger.json"
+    path.write_text(json.dumps({k: v for k, v in _HEADER.items() if k != field}))
+    with pytest.raises(LedgerError, match=f"'{field}' is missing"):
+        PrivacyLedger.load(path)
+
+
+def test_version_1_ledger_is_refused_with_a_reason(tmp_path):
+    path = tmp_path / "ledger.json"
+    path.write_text(json.dumps({**_HEADER, "version": 1}))
+    with pytest.raises(LedgerError, match="unsupported ledger version 1; .*binds delta, budget and accountant"):
+        PrivacyLedger.load(path)
+
+
+def test_empty_ledger_round_trips_with_validated_header(tmp_path):
+    path = tmp_path / "ledger.json"
+    PrivacyLedger(path, delta=DELTA, budget=2.5, accountant="rdp").save()
+    again = PrivacyLedger.load(path)
+    assert (again.delta, again.budget, again.accountant, again.entries) == (DELTA, 2.5, "rdp", [])
+    # nothing is bound by an empty ledger: a run may set its own budget over it
+    assert PrivacyLedger(path, delta=DELTA, budget=4.0).budget == 4.0
+
+
+@pytest.mark.parametrize(
+    "kwargs, field",
+    [({"budget": float("nan")}, "budget"), ({"budget": -2.0}, "budget"), ({"delta": 0.0}, "delta"),
+     ({"accountant": "gdp"}, "accountant")],
+)  # fmt: skip
+def test_constructor_rejects_invalid_settings(kwargs, field):
+    with pytest.raises(ConfigValueError) as info:
+        PrivacyLedger(None, **kwargs)
+    assert info.value.field == field
+
+
+def test_settings_are_read_only():
+    ledger = PrivacyLedger(None, delta=DELTA, budget=1.0)
+    with pytest.raises(AttributeError):
+        ledger.budget = 1e9  # type: ignore[misc]
+
+
+@pytest.mark.parametrize(
+    "field, value",
+    [("noise_multiplier", float("nan")), ("noise_multiplier", 1e-9), ("noise_multiplier", -1.0),
+     ("sample_rate", 0.0), ("sample_rate", 1.5), ("steps", 0), ("mechanism", "laplace"), ("subject", "")],
+)  # fmt: skip
+def test_record_rejects_invalid_runs_without_writing(tmp_path, field, value):
+    path = tmp_path / "ledger.json"
+    ledger = PrivacyLedger(path, delta=DELTA)
+    run = {"subject": "a", "round": 0, "mechanism": "dp-sgd", "noise_multiplier": 2.0, "sample_rate": 1.0, "steps": 1}
+    with pytest.raises(LedgerError, match=field):
+        ledger.record(**{**run, field: value})
+    assert ledger.entries == [] and not path.exists()
+
+
+def test_record_refuses_a_prv_grid_beyond_the_limit(tmp_path):
+    # sigma = 0.001 at q = 0.5 would need ~6e8 grid points (~100 GB): refused up front
+    ledger = PrivacyLedger(tmp_path / "l.json", delta=DELTA)
+    with pytest.raises(AccountingError, match="grid points"):
+        ledger.record(subject="a", round=0, mechanism="dp-sgd", noise_multiplier=1e-3, sample_rate=0.5, steps=1,
+                      enforce_budget=False)  # fmt: skip
+    assert ledger.entries == []
+
+
+@pytest.mark.parametrize(
+    "history", [((2.0, 1.0, 10),), ((1.0, 0.01, 500),), ((3.0, 0.5, 7), (1.0, 0.01, 100)), ((0.8, 1.0, 3),)]
+)
+def test_prv_grid_points_matches_the_accountant(history, monkeypatch):
+    # the cost guard must predict what accounting.prv_epsilon really allocates
+    from opacus.accountants.analysis.prv import Domain
+
+    sizes = []
+    real = Domain.create_aligned.__func__
+
+    def spy(cls, t_min, t_max, dt):
+        d = real(cls, t_min, t_max, dt)
+        sizes.append(d.size)
+        return d
+
+    monkeypatch.setattr(Domain, "create_aligned", classmethod(spy))
+    A.prv_epsilon.cache_clear()
+    A.prv_epsilon(A.normalize(history), DELTA)
+    assert len(sizes) == 1
+    assert L.prv_grid_points(history, DELTA) == pytest.approx(len(history) * sizes[0], rel=0.01)
