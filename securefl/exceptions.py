@@ -95,7 +95,7 @@ class SecAggAbortError(AggregationError):
         self.stage = stage
         super().__init__(
             f"secure aggregation aborted at the {stage} stage: {survivors} clients left, "
-            f"fewer than the threshold {threshold}"
+            f"fewer than the {threshold} needed (share threshold or min_clients)"
         )
 
 

@@ -52,9 +52,8 @@ class Kind(enum.IntEnum):
     CKKS_DECRYPT = 16
     CKKS_AGGREGATE = 17
     CKKS_REJECT = 18
-    # secure aggregation (securefl.crypto.secagg), 20-39
-    SECAGG_IDENTITY_REQUEST = 20
-    SECAGG_IDENTITY = 21
+    # secure aggregation (securefl.crypto.secagg), 20-39; 20 and 21 (identity keys
+    # collected by the server) were retired when identities moved to a pinned roster
     SECAGG_ADVERTISE_REQUEST = 22
     SECAGG_KEYS = 23
     SECAGG_SHARE_REQUEST = 24

@@ -51,7 +51,7 @@ def test_too_few_survivors_abort_round_and_keep_model():
     before = server.weights.clone()
     server.draw_dropouts = lambda chosen: {"c02": 3}  # one client vanishes before masking
     res = server.run_round(1, clients)
-    assert res.aborted.startswith("SecAggAbortError") and "threshold 4" in res.aborted
+    assert res.aborted.startswith("SecAggAbortError") and "fewer than the 4 needed" in res.aborted
     assert torch.equal(server.weights, before) and res.dropped == ["c02"]
     del cfg
 
