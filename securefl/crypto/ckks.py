@@ -46,6 +46,7 @@ from securefl.crypto import ckks_auth as auth
 from securefl.crypto import ckks_keys as keys
 from securefl.crypto import primitives as P
 from securefl.crypto.ckks_auth import Layout
+from securefl.crypto.encoding import b64, unb64
 from securefl.crypto.hazmat import ckks as hz
 from securefl.crypto.identity import Identity, Roster
 from securefl.crypto.replay import RoundGuard
@@ -290,14 +291,14 @@ class CKKSClient(ClientProtection):
         if self.identity is None:
             return None
         transcript = keys.advert_transcript(self.settings.settings_id, self.client_id, self.public_key)
-        return keys.b64(self.identity.sign(transcript))
+        return b64(self.identity.sign(transcript))
 
     def _check_advert(self, cid: str, public: bytes, sig: Any) -> None:
         """With a roster: ``cid`` is pinned and its X25519 key carries its signature."""
         if self.roster is None:
             return
         transcript = keys.advert_transcript(self.settings.settings_id, cid, public)
-        if sig is None or not self.roster.verify(cid, keys.unb64(sig, f"signature of {cid}"), transcript):
+        if sig is None or not self.roster.verify(cid, unb64(sig, f"signature of {cid}"), transcript):
             raise ProtocolError(f"key advert of {cid!r} is not signed by its pinned identity key")
 
     def _hello(self, msg: wire.Message) -> bytes:
@@ -328,7 +329,7 @@ class CKKSClient(ClientProtection):
         for peer, advert in peers.items():
             if peer == self.client_id:
                 continue
-            publics[str(peer)] = keys.unb64(advert.get("pk"), f"public key of {peer}")
+            publics[str(peer)] = unb64(advert.get("pk"), f"public key of {peer}")
             self._check_advert(str(peer), publics[str(peer)], advert.get("sig"))
         holders = tuple(sorted({*publics, self.client_id}))
         self._check_holders(holders)
@@ -349,7 +350,7 @@ class CKKSClient(ClientProtection):
     def _delivery(self, msg: wire.Message) -> bytes:
         h = msg.header
         generator = str(h.get("generator"))
-        generator_key = keys.unb64(h.get("generator_key"), "generator key")
+        generator_key = unb64(h.get("generator_key"), "generator key")
         if self._keys is not None and (generator, generator_key) != (self._keys.generator, self._keys.generator_key):
             raise ProtocolError("keys are already installed; only the pinned key generator may re-key")
         self._check_advert(generator, generator_key, h.get("generator_sig"))
@@ -460,7 +461,7 @@ class CKKSServer(ServerProtection):
             msg = wire.decode(reply, expect=wire.Kind.CKKS_ADVERT)
             if len(msg.payload) != 32 or msg.header.get("client") != c.client_id:
                 raise ProtocolError(f"client {c.client_id!r} sent a malformed key advertisement")
-            adverts[c.client_id] = {"pk": keys.b64(msg.payload), "sig": msg.header.get("sig")}
+            adverts[c.client_id] = {"pk": b64(msg.payload), "sig": msg.header.get("sig")}
         return adverts
 
     def setup(self, clients: Sequence[ClientLike], exchange: Exchange) -> None:

@@ -21,31 +21,19 @@ trusts the server's relay (trust on first use; SECURITY.md).
 
 from __future__ import annotations
 
-import base64
-import binascii
 import hashlib
 import json
 import struct
 from dataclasses import dataclass
 from typing import Any
 
+from securefl.crypto.encoding import b64, unb64
 from securefl.crypto import primitives as P
 from securefl.exceptions import ProtocolError
 
 _WRAP_INFO = b"securefl-ckks-keywrap-v2"
 
 
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def unb64(text: Any, what: str) -> bytes:
-    if not isinstance(text, str):
-        raise ProtocolError(f"{what}: expected base64 text")
-    try:
-        return base64.b64decode(text.encode(), validate=True)
-    except (binascii.Error, ValueError):
-        raise ProtocolError(f"{what}: not valid base64") from None
 
 
 def _lp(text: str) -> bytes:

@@ -16,8 +16,6 @@ not signed by the roster's key for that id.
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import os
 from dataclasses import dataclass, field
@@ -25,6 +23,7 @@ from pathlib import Path
 from types import MappingProxyType
 from typing import Any, Iterable, Mapping
 
+from securefl.crypto.encoding import b64, unb64
 from securefl.crypto import primitives as P
 from securefl.exceptions import ConfigTypeError, ConfigValueError, ProtocolError
 
@@ -53,7 +52,7 @@ class Identity:
 
     def save(self, path: str | os.PathLike) -> None:
         """Write the signing key to a file readable by its owner only."""
-        data = json.dumps({"client": self.client_id, "signing_key": _b64(self.signing_key)}).encode()
+        data = json.dumps({"client": self.client_id, "signing_key": b64(self.signing_key)}).encode()
         fd = os.open(Path(path), os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
         with os.fdopen(fd, "wb") as fh:
             fh.write(data)
@@ -62,7 +61,7 @@ class Identity:
     def load(cls, path: str | os.PathLike) -> "Identity":
         try:
             data = json.loads(Path(path).read_text())
-            sk = _unb64(data["signing_key"], "signing_key")
+            sk = unb64(data["signing_key"], "signing_key")
             cid = str(data["client"])
         except (OSError, ValueError, KeyError, TypeError) as exc:
             raise ConfigValueError("identity", str(path), f"not a securefl identity file ({exc})") from None
@@ -135,7 +134,7 @@ class Roster:
         return {
             "format": ROSTER_FORMAT,
             "version": ROSTER_VERSION,
-            "members": {cid: _b64(vk) for cid, vk in self.members.items()},
+            "members": {cid: b64(vk) for cid, vk in self.members.items()},
         }
 
     def save(self, path: str | os.PathLike) -> None:
@@ -155,19 +154,8 @@ class Roster:
         if not isinstance(members, dict):
             raise ConfigValueError("roster", str(path), "members must map client ids to base64 keys")
         try:
-            return cls({str(k): _unb64(v, f"key of {k}") for k, v in members.items()})
+            return cls({str(k): unb64(v, f"key of {k}") for k, v in members.items()})
         except ProtocolError as exc:
             raise ConfigValueError("roster", str(path), str(exc)) from None
 
 
-def _b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def _unb64(text: Any, what: str) -> bytes:
-    if not isinstance(text, str):
-        raise ProtocolError(f"{what}: expected base64 text")
-    try:
-        return base64.b64decode(text.encode(), validate=True)
-    except (binascii.Error, ValueError):
-        raise ProtocolError(f"{what}: not valid base64") from None

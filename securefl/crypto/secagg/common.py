@@ -3,14 +3,13 @@ the per-round public parameters, and the exact bytes that get signed or keyed.""
 
 from __future__ import annotations
 
-import base64
-import binascii
 import json
 import math
 import struct
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+from securefl.crypto.encoding import b64, unb64
 from securefl.crypto.identity import Identity, Roster
 from securefl.crypto.quantize import FixedPoint
 from securefl.crypto.secagg.graph import recommended_neighbors, share_threshold
@@ -128,17 +127,6 @@ class SecAggSettings:
 
 
 # ------------------------------------------------------------------ encodings
-def b64(data: bytes) -> str:
-    return base64.b64encode(data).decode()
-
-
-def unb64(text: Any, what: str) -> bytes:
-    if not isinstance(text, str):
-        raise ProtocolError(f"{what}: expected base64 text")
-    try:
-        return base64.b64decode(text.encode(), validate=True)
-    except (binascii.Error, ValueError):
-        raise ProtocolError(f"{what}: not valid base64") from None
 
 
 def id_list(value: Any, what: str) -> list[str]:
