@@ -1,7 +1,8 @@
 """Repeat ``securefl audit empirical`` over seeds; write one JSON of all results.
 
 Checks the audit's soundness claim on a real run: across seeds the lower bound
-must never exceed the accountant's upper bound. Example::
+must never exceed the accountant's upper bound (the sweep is
+:func:`attacks.audit.bench.seed_sweep`). Example::
 
     PYTHONPATH=. .venv/bin/python benchmarks/audit_seeds.py --dp client --epsilon 2 --canaries 1000 \\
         --rounds 10 --seeds 10 --out benchmarks/results/audit_client_eps2.json
@@ -11,14 +12,11 @@ from __future__ import annotations
 
 import argparse
 import json
-import statistics
 import sys
-import time
 from pathlib import Path
 
-from attacks.audit import EmpiricalAuditConfig, run_empirical_audit
-from securefl._io import atomic_write_json
-from securefl.config import RunConfig
+from attacks.audit.bench import seed_sweep
+from attacks.audit.cases import EmpiricalAuditConfig
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -38,32 +36,9 @@ def main(argv: list[str] | None = None) -> int:
     if ns.dp != "none":
         flat["epsilon"] = ns.epsilon
     audit = EmpiricalAuditConfig(canaries=ns.canaries, kind=ns.canary_kind, score=ns.score)
-    rows = []
-    for seed in range(ns.first_seed, ns.first_seed + ns.seeds):
-        t0 = time.perf_counter()
-        rep = run_empirical_audit(RunConfig.from_flat({**flat, "seed": seed}), audit)
-        rep.pop("config")
-        rep["seed"] = seed
-        rows.append(rep)
-        sys.stderr.write(
-            f"seed {seed}: eps_lb {rep['epsilon_lower_bound']:.3f} eps_ub {rep['epsilon_upper_bound']} "
-            f"({rep['correct']}/{rep['guesses']}) estimate {rep.get('epsilon_estimate')} "
-            f"{time.perf_counter() - t0:.0f}s\n"
-        )
-        lbs = [r["epsilon_lower_bound"] for r in rows]
-        summary = {
-            "settings": {**flat, "canaries": ns.canaries, "canary_kind": rows[0]["canary_kind"], "score": rows[0]["score"]},
-            "seeds": len(rows),
-            "lower_bound_min": min(lbs),
-            "lower_bound_mean": statistics.fmean(lbs),
-            "lower_bound_max": max(lbs),
-            "positive": sum(lb > 0 for lb in lbs),
-            "upper_bound_max": max((r["epsilon_upper_bound"] or 0.0) for r in rows) if ns.dp != "none" else None,
-            "all_sound": all(r["sound"] for r in rows),
-            "runs": rows,
-        }
-        ns.out.parent.mkdir(parents=True, exist_ok=True)
-        atomic_write_json(ns.out, summary)
+    ns.out.parent.mkdir(parents=True, exist_ok=True)
+    seeds = range(ns.first_seed, ns.first_seed + ns.seeds)
+    summary = seed_sweep(flat, audit, seeds, out=ns.out, log=sys.stderr.write)
     print(json.dumps({k: v for k, v in summary.items() if k != "runs"}, indent=2))
     return 0 if summary["all_sound"] else 1
 
