@@ -32,16 +32,21 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from securefl.crypto import ckks
+from securefl.crypto.ckks_keys import decryptor_for
+from securefl.crypto.ckks_auth import Layout
 from securefl.crypto.hazmat import ckks as hz
-from securefl.protect import Exchange
+from securefl.crypto.hazmat import ckks_seal as hzs
+from securefl.protections import Exchange
+from securefl.protections.ckks import CKKSSettings
+from securefl.protections.ckks_client import CKKSClient
+from securefl.protections.ckks_server import CKKSServer
 from securefl.transport import wire
 
 
 class _Replay:
     """A key holder whose update is a prepared ciphertext (cycled among clients)."""
 
-    def __init__(self, client_id: str, protection: ckks.CKKSClient, sealed: bytes) -> None:
+    def __init__(self, client_id: str, protection: CKKSClient, sealed: bytes) -> None:
         self.client_id = client_id
         self.protection = protection
         self.sealed = sealed
@@ -70,9 +75,9 @@ def bench_one(
     dim: int, clients: int, preset: str, encryption: str, distinct: int, repeat: int, max_error: float = 1e-3
 ) -> dict:
     params = hz.derive_params(preset, max_summands=clients, max_error=max_error, encryption=encryption)
-    settings = ckks.CKKSSettings(params, clip=1.0, max_weight=1.0)
-    holders = [ckks.CKKSClient(client_id=f"c{i}", settings=settings) for i in range(clients)]
-    server = ckks.CKKSServer(settings=settings)
+    settings = CKKSSettings(params, clip=1.0, max_weight=1.0)
+    holders = [CKKSClient(client_id=f"c{i}", settings=settings) for i in range(clients)]
+    server = CKKSServer(settings=settings)
     setup_s, _, _ = _timed(lambda: server.setup([_Replay(h.client_id, h, b"") for h in holders], Exchange(0)))
 
     rng = np.random.default_rng(0)  # benchmark data, not secrets
@@ -88,7 +93,7 @@ def bench_one(
         holders[i].seal(torch.from_numpy(updates[i]), {"weight": 1.0}, {**header, "client": f"c{i}"})
         for i in range(1, len(updates))
     ]
-    length = ckks.Layout(dim, ()).length
+    length = Layout(dim, (), len(holders)).length
     payloads = [wire.decode(s).payload for s in sealed]
 
     # server: receipt checks + deserialization, then in-place sums, streamed
@@ -97,7 +102,7 @@ def bench_one(
     acc = None
     for i in range(clients):
         t0, c0 = time.perf_counter(), time.process_time()
-        tensor = hz.load_ciphertext(server.context, params, payloads[i % len(payloads)], length)
+        tensor = hzs.load_ciphertext(server.context, params, payloads[i % len(payloads)], length)
         t1, c1 = time.perf_counter(), time.process_time()
         if acc is None:
             acc = tensor
@@ -118,26 +123,32 @@ def bench_one(
     round_s, round_cpu, agg = _timed(lambda: server.aggregate(reps, b"", dim, Exchange(1)))
     err = float(np.abs(agg.total.double().numpy() - sum(updates)).max())
 
-    # key holder alone: decrypt + verify + flood + round a sum of independent ciphertexts
-    partial = hz.load_ciphertext(server.context, params, payloads[0], length)
-    for payload in payloads[1:]:
-        partial += hz.load_ciphertext(server.context, params, payload, length)
-    request = wire.encode(
-        wire.Kind.CKKS_DECRYPT,
-        {
-            "settings": settings.settings_id,
-            "round": 1,
-            "count": k,
-            "dim": dim,
-            "aux_keys": [],
-            "contributors": [f"c{i}" for i in range(k)],
-        },
-        hz.serialize(partial),
-    )
-    dec_s, dec_cpu, reply = _timed(lambda: holders[1].handle(request))
-    released = wire.decode(reply)
-    assert released.kind == wire.Kind.CKKS_AGGREGATE, released.header
-    del acc, partial
+    # key holder alone: decrypt + verify + flood + round a sum of independent
+    # ciphertexts; each round is decrypted once, by its designated holder, so every
+    # repetition seals and sums a fresh round
+    def decrypt_round(r: int) -> tuple[float, float]:
+        partial = None
+        for i in range(k):
+            blob = holders[i].seal(torch.from_numpy(updates[i]), {"weight": 1.0}, {**header, "round": r, "client": f"c{i}"})
+            t = hzs.load_ciphertext(server.context, params, wire.decode(blob).payload, length)
+            if partial is None:
+                partial = t
+            else:
+                partial += t
+        request = wire.encode(
+            wire.Kind.CKKS_DECRYPT,
+            {"settings": settings.settings_id, "round": r, "dim": dim, "aux_keys": []},
+            hzs.serialize(partial),
+        )
+        holder = holders[int(decryptor_for(tuple(server.key_holders), server.fingerprint, r)[1:])]
+        t0, c0 = time.perf_counter(), time.process_time()
+        released = wire.decode(holder.handle(request))
+        wall, cpu = time.perf_counter() - t0, time.process_time() - c0
+        assert released.kind == wire.Kind.CKKS_AGGREGATE, released.header
+        return wall, cpu
+
+    dec_s, dec_cpu = min(decrypt_round(r) for r in range(2, 2 + repeat))
+    del acc
 
     update_bytes = len(sealed0)
     return {
@@ -146,7 +157,7 @@ def bench_one(
         "preset": preset,
         "encryption": encryption,
         "params": params.describe(),
-        "ciphertexts_per_client": hz.num_ciphertexts(params, length),
+        "ciphertexts_per_client": hzs.num_ciphertexts(params, length),
         "setup_seconds": setup_s,
         "encrypt_seconds": enc_s,
         "encrypt_values_per_s": dim / enc_s,

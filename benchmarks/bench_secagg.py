@@ -32,10 +32,10 @@ import numpy as np
 import torch
 
 from securefl.crypto.secagg.common import SecAggSettings
-from securefl.crypto.secagg.protection import SecAggClientProtection, SecAggServerProtection
+from securefl.protections.secagg import SecAggClientProtection, SecAggServerProtection
 from securefl.crypto.secagg.server import SecAggServer
 from securefl.privacy.noise import SecureRNG
-from securefl.protect import Exchange
+from securefl.protections import Exchange
 from securefl.transport import wire
 
 

@@ -6,22 +6,24 @@ embedded digits data. Usage errors print one line naming the flag and the value
 and exit with status 2.
 
 The command is the composition root of the project: besides its own
-subcommands it mounts the plug-ins listed in :data:`PLUGINS` (the ``attack`` and
-``audit`` families, among them commands of the separate ``attacks`` package).
-Each plug-in module defines ``register(subparsers)``, which adds its parsers and
-sets ``handler`` (a function ``Namespace -> int``) on them; plug-ins are
-imported by name so that the library itself never imports ``attacks``.
+subcommands it mounts plug-in commands (:func:`plugins`): securefl's own
+(``audit budget``) and every entry point of the group :data:`PLUGIN_GROUP` that an
+installed distribution declares (this project's pyproject.toml declares the
+``attack`` family and ``audit empirical``). An entry point named ``FAMILY.NAME``
+mounts under ``securefl FAMILY``, one without a dot at the top level. Each
+plug-in is a ``register(subparsers)`` function, which adds its parsers and sets
+``handler`` (a function ``Namespace -> int``) on them. The library names no
+plug-in package: it only reads the entry-point metadata.
 """
 
 from __future__ import annotations
 
 import argparse
-import importlib
 import json
 import os
 import sys
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
 from securefl.exceptions import ConfigError, SecureFLError
 
@@ -149,13 +151,28 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
 
 
-#: plug-in subcommands: family -> modules that define ``register(subparsers)``.
-#: A family of ``""`` mounts at the top level (``securefl NAME``).
-PLUGINS: dict[str, list[str]] = {
-    "": [],
-    "attack": ["attacks.commands.bench", "attacks.commands.poison", "attacks.commands.invert", "attacks.commands.membership"],
-    "audit": ["securefl.privacy.audit_budget", "attacks.commands.audit"],
-}
+#: entry-point group of plug-in commands: ``"FAMILY.NAME" = "module:register"``
+PLUGIN_GROUP = "securefl.commands"
+
+
+def plugins() -> dict[str, list[Callable[[Any], None]]]:
+    """Plug-in ``register`` functions by family (``""``: the top level): securefl's
+    own first, then the :data:`PLUGIN_GROUP` entry points in name order (a name
+    found twice, e.g. in a source checkout's metadata and the installed one, once)."""
+    from importlib.metadata import entry_points
+
+    from securefl.privacy import audit_budget
+
+    found: dict[str, list[Callable[[Any], None]]] = {}
+    seen: set[str] = set()
+    for ep in sorted(entry_points(group=PLUGIN_GROUP), key=lambda e: e.name):
+        if ep.name in seen:
+            continue
+        seen.add(ep.name)
+        found.setdefault(ep.name.rpartition(".")[0], []).append(ep.load())
+    found.setdefault("audit", []).insert(0, audit_budget.register)
+    return found
+
 
 FAMILY_HELP = {
     "attack": "attack benchmarks: poisoning, inversion, membership inference",
@@ -175,16 +192,14 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-progress", action="store_true")
     demo.set_defaults(handler=cmd_demo)
-    for family, modules in PLUGINS.items():
+    for family, registers in plugins().items():
         if family == "":
             target = sub
-        elif modules:
+        else:
             fam = sub.add_parser(family, help=FAMILY_HELP.get(family))
             target = fam.add_subparsers(dest="subcommand", required=True, parser_class=_Parser)
-        else:
-            continue
-        for name in modules:
-            importlib.import_module(name).register(target)
+        for register in registers:
+            register(target)
     return parser
 
 

@@ -35,21 +35,31 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from securefl.config import ClientConfig, DPConfig
+from securefl.config import ClientConfig, DPConfig, DPMode
 from securefl.crypto.replay import RoundGuard
 from securefl.exceptions import ConfigValueError, ProtocolError
 from securefl.models import get_flat, set_flat
-from securefl.privacy import accounting
+from securefl.privacy.calibration import noise_multiplier_for
 from securefl.privacy.client_dp import clip_update
 from securefl.privacy.dpsgd import dp_sgd_train, steps_per_round
+from securefl.privacy.events import Mechanism
 from securefl.privacy.ledger import PrivacyLedger
 from securefl.privacy.noise import SecureRNG
-from securefl.protect import ClientProtection, Plaintext
+from securefl.protections.base import ClientProtection, Plaintext
 from securefl.transport import wire
+from securefl.validators import is_int, is_number
 
 
 def _loss_fn(task: str) -> Callable[..., torch.Tensor]:
     return F.cross_entropy if task == "classification" else F.mse_loss
+
+
+def local_schedule(config: ClientConfig, num_samples: int, algorithm: str = "fedavg") -> tuple[float, int]:
+    """A client's DP-SGD sampling rate and local steps per round: the rate is
+    ``config.sample_rate``, or ``batch_size / n_k`` (at most 1); FedSGD takes one step."""
+    sample_rate = min(1.0, config.sample_rate or config.batch_size / num_samples)
+    steps = 1 if algorithm == "fedsgd" else steps_per_round(config.local_epochs, sample_rate)
+    return sample_rate, steps
 
 
 @dataclass(frozen=True)
@@ -72,7 +82,7 @@ class SecureClient:
         model_fn: builds a fresh model of the federation's architecture.
         task: ``"classification"`` or ``"regression"``.
         config: local training settings.
-        dp: privacy settings; ``dp.dp == "sample"`` turns on DP-SGD.
+        dp: privacy settings; ``dp.mode is DPMode.SAMPLE`` turns on DP-SGD.
         planned_rounds: rounds the noise multiplier is solved for (sample-level DP);
             the client assumes it may take part in every one of them.
         ledger: where spend is recorded; defaults to an in-memory ledger.
@@ -82,6 +92,10 @@ class SecureClient:
         seed: seeds the shuffling of non-private local training.
         guard: the client's memory of answered rounds (persist it with a path to survive
             restarts); an in-memory :class:`~securefl.crypto.replay.RoundGuard` by default.
+        noise_multiplier: DP-SGD's noise multiplier when the caller solved it
+            (:mod:`securefl.build` does); otherwise it is solved here for
+            ``planned_rounds`` by the same function,
+            :func:`securefl.privacy.calibration.noise_multiplier_for`.
     """
 
     def __init__(
@@ -101,6 +115,7 @@ class SecureClient:
         rng: SecureRNG | None = None,
         seed: int = 0,
         guard: RoundGuard | None = None,
+        noise_multiplier: float | None = None,
     ) -> None:
         if len(x) != len(y) or len(x) == 0:
             raise ConfigValueError("x", len(x), f"client {client_id} needs matching, non-empty x and y (y has {len(y)})")
@@ -117,16 +132,14 @@ class SecureClient:
         self.seed = seed
         self.guard = guard if guard is not None else RoundGuard()
         self.ledger = ledger or PrivacyLedger(None, delta=dp.delta, budget=dp.epsilon, accountant=dp.accountant)
-        self.sample_rate = min(1.0, config.sample_rate or config.batch_size / len(x))
-        self.local_steps = 1 if algorithm == "fedsgd" else steps_per_round(config.local_epochs, self.sample_rate)
+        self.sample_rate, self.local_steps = local_schedule(config, len(x), algorithm)
         self.noise_multiplier: float | None = None
-        if dp.dp == "sample":
-            self.noise_multiplier = dp.noise_multiplier
-            if self.noise_multiplier is None:
-                assert dp.epsilon is not None  # DPConfig enforces one of the two
-                self.noise_multiplier = accounting.solve_noise_multiplier(
-                    dp.epsilon, dp.delta, self.sample_rate, planned_rounds * self.local_steps, dp.accountant
+        if dp.mode is DPMode.SAMPLE:
+            if noise_multiplier is None:
+                noise_multiplier = noise_multiplier_for(
+                    dp, sample_rate=self.sample_rate, steps=planned_rounds * self.local_steps
                 )
+            self.noise_multiplier = float(noise_multiplier)
 
     @property
     def num_samples(self) -> int:
@@ -145,13 +158,13 @@ class SecureClient:
         self.model.train()
         loss_fn = _loss_fn(self.task)
         epsilon = None
-        if self.dp.dp == "sample":
+        if self.dp.mode is DPMode.SAMPLE:
             assert self.noise_multiplier is not None
             # record the spend first: a crash after this can only over-count
             entry = self.ledger.record(
                 subject=self.client_id,
                 round=round_,
-                mechanism="dp-sgd",
+                mechanism=Mechanism.DP_SGD,
                 noise_multiplier=self.noise_multiplier,
                 sample_rate=self.sample_rate,
                 steps=self.local_steps,
@@ -230,7 +243,7 @@ class SecureClient:
         the server's ``client_clip`` is only checked against it (fixed clipping) or,
         with adaptive clipping (central DP: the server noises), accepted if sane."""
         sent = header.get("client_clip")
-        if self.dp.dp != "client":
+        if self.dp.mode is not DPMode.CLIENT:
             if sent is not None:
                 raise ProtocolError(
                     f"client_clip={sent!r} sent to client {self.client_id}, which is configured for dp={self.dp.dp!r}"
@@ -238,7 +251,7 @@ class SecureClient:
             return None
         if sent is None:
             raise ProtocolError(f"client_clip missing; client {self.client_id} is configured for dp='client'")
-        if isinstance(sent, bool) or not isinstance(sent, (int, float)) or not (math.isfinite(sent) and sent > 0):
+        if not is_number(sent) or not (math.isfinite(sent) and sent > 0):
             raise ProtocolError(f"client_clip={sent!r} must be a positive finite number")
         if not self.dp.adaptive_clip and float(sent) != float(self.dp.clip):
             raise ProtocolError(
@@ -248,7 +261,7 @@ class SecureClient:
 
     def _release(self, result: LocalResult, clip: float | None) -> tuple[torch.Tensor, dict[str, float]]:
         """The vector to seal and its counters (see the module docstring)."""
-        if self.dp.dp == "client":
+        if self.dp.mode is DPMode.CLIENT:
             assert clip is not None  # _client_clip returns one under dp="client"
             clipped, norm = clip_update(result.update, clip)
             aux = {"weight": 1.0}
@@ -256,7 +269,7 @@ class SecureClient:
                 # the server noises this bit's sum and the accountant charges it
                 aux["unclipped"] = float(norm <= clip)
             return clipped, aux
-        if self.dp.dp == "sample":
+        if self.dp.mode is DPMode.SAMPLE:
             # uniform FedAvg over clients: n_k is a count of private records
             return result.update, {"weight": 1.0}
         n = float(result.num_samples)
@@ -280,6 +293,6 @@ class SecureClient:
 
 def _header_int(header: dict[str, Any], name: str) -> int:
     value = header.get(name)
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+    if not is_int(value) or value < 1:
         raise ProtocolError(f"GLOBAL_MODEL header {name}={value!r} must be a positive integer")
     return value

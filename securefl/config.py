@@ -6,66 +6,58 @@ at construction: a value of the wrong type raises
 :class:`~securefl.exceptions.ConfigValueError`; both name the field and value.
 Field names are unique across the sub-configs so a flat mapping (CLI flags, a
 TOML table) routes unambiguously with :meth:`RunConfig.from_flat`.
+
+This module is plain validated data: it imports no component of securefl. Names
+of components are checked against the vocabularies below; what depends on a
+component's maths (CKKS parameters, a secure-aggregation ring, a robust rule's
+Byzantine bound) is checked by :func:`securefl.build.check`, which every way of
+running a config (:func:`securefl.build.build`, the simulation, the CLI) calls.
 """
 
 from __future__ import annotations
 
 import dataclasses
-import math
+import enum
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from securefl.exceptions import ConfigTypeError, ConfigValueError
+from securefl.validators import check_bool as _bool
+from securefl.validators import check_choice as _choice
+from securefl.validators import check_float as _float
+from securefl.validators import check_int as _int
 
-DP_MODES = ("none", "sample", "client")
+
+class DPMode(str, enum.Enum):
+    """What differential privacy protects (``--dp``): nothing, each record
+    (DP-SGD on every client) or each client's whole contribution (DP-FedAvg)."""
+
+    NONE = "none"
+    SAMPLE = "sample"
+    CLIENT = "client"
+
+    def __str__(self) -> str:
+        return self.value
+
+
+DP_MODES = tuple(m.value for m in DPMode)
 ACCOUNTANTS = ("prv", "rdp")
 SAMPLINGS = ("fixed", "poisson")
 ALGORITHMS = ("fedavg", "fedsgd")
 CLIENT_OPTIMIZERS = ("sgd", "adam")
 
-
-def _int(name: str, value: Any, lo: int | None = None, hi: int | None = None) -> None:
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise ConfigTypeError(name, value, "must be an integer")
-    if lo is not None and value < lo:
-        raise ConfigValueError(name, value, f"must be >= {lo}")
-    if hi is not None and value > hi:
-        raise ConfigValueError(name, value, f"must be <= {hi}")
-
-
-def _float(
-    name: str,
-    value: Any,
-    lo: float | None = None,
-    hi: float | None = None,
-    *,
-    lo_open: bool = False,
-    hi_open: bool = False,
-) -> None:
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        raise ConfigTypeError(name, value, "must be a number")
-    try:
-        finite = math.isfinite(value)
-    except OverflowError:  # an int beyond the float range
-        finite = False
-    if not finite:
-        raise ConfigValueError(name, value, "must be finite")
-    if lo is not None and (value <= lo if lo_open else value < lo):
-        raise ConfigValueError(name, value, f"must be {'>' if lo_open else '>='} {lo}")
-    if hi is not None and (value >= hi if hi_open else value > hi):
-        raise ConfigValueError(name, value, f"must be {'<' if hi_open else '<='} {hi}")
-
-
-def _choice(name: str, value: Any, choices: tuple[str, ...] | list[str]) -> None:
-    if not isinstance(value, str):
-        raise ConfigTypeError(name, value, "must be a string")
-    if value not in choices:
-        raise ConfigValueError(name, value, f"must be one of {', '.join(choices)}")
-
-
-def _bool(name: str, value: Any) -> None:
-    if not isinstance(value, bool):
-        raise ConfigTypeError(name, value, "must be true or false")
+# The names of the built-in components, as plain data: config validates names
+# without importing the components, and each component's registry is keyed by
+# exactly these (tests/test_config.py checks both sides agree).
+DATASET_NAMES = ("digits", "breast_cancer", "synthetic", "linreg")
+PARTITION_NAMES = ("iid", "dirichlet", "shards")
+MODEL_NAMES = ("logreg", "linreg", "mlp", "cnn")
+AGGREGATOR_NAMES = (
+    "mean", "median", "trimmed_mean", "krum", "multikrum", "bulyan", "centered_clipping", "norm_bound", "fltrust",
+)
+SERVER_OPT_NAMES = ("fedavg", "fedavgm", "fedadam")
+#: protections ``--protect`` accepts; :func:`securefl.protections.register` adds a name
+PROTECT_NAMES: list[str] = ["none", "ckks", "secagg"]
 
 
 @dataclass(frozen=True)
@@ -110,18 +102,23 @@ class DPConfig:
         if self.clip_count_stddev is not None:
             _float("clip_count_stddev", self.clip_count_stddev, 0.0, lo_open=True)
         _bool("reproducible_noise", self.reproducible_noise)
-        if self.dp != "none" and self.epsilon is None and self.noise_multiplier is None:
+        if self.dp != DPMode.NONE and self.epsilon is None and self.noise_multiplier is None:
             raise ConfigValueError(
                 "epsilon", None, f"dp={self.dp!r} needs --epsilon or --noise-multiplier"
             )
-        if self.adaptive_clip and self.dp != "client":
+        if self.adaptive_clip and self.dp != DPMode.CLIENT:
             raise ConfigValueError(
                 "adaptive_clip", True, "adaptive clipping applies to dp='client' only"
             )
 
     @property
+    def mode(self) -> DPMode:
+        """``dp`` as a :class:`DPMode`."""
+        return DPMode(self.dp)
+
+    @property
     def enabled(self) -> bool:
-        return self.dp != "none"
+        return self.mode is not DPMode.NONE
 
 
 @dataclass(frozen=True)
@@ -181,17 +178,14 @@ class ServerConfig:
     root_size: int = 100
 
     def __post_init__(self) -> None:
-        from securefl.aggregation import AGGREGATORS
-        from securefl.server_opt import SERVER_OPTIMIZERS
-
         _int("rounds", self.rounds, 1, 100_000)
         _float("fraction", self.fraction, 0.0, 1.0, lo_open=True)
         _choice("sampling", self.sampling, SAMPLINGS)
         _choice("algorithm", self.algorithm, ALGORITHMS)
-        _choice("server_opt", self.server_opt, sorted(SERVER_OPTIMIZERS))
+        _choice("server_opt", self.server_opt, sorted(SERVER_OPT_NAMES))
         _float("server_lr", self.server_lr, 0.0, lo_open=True)
         _float("server_momentum", self.server_momentum, 0.0, 1.0, hi_open=True)
-        _choice("aggregator", self.aggregator, sorted(AGGREGATORS))
+        _choice("aggregator", self.aggregator, sorted(AGGREGATOR_NAMES))
         _float("dropout", self.dropout, 0.0, 1.0, hi_open=True)
         _float("ema", self.ema, 0.0, 1.0, hi_open=True)
         _int("byzantine", self.byzantine, 0)
@@ -207,13 +201,19 @@ class ServerConfig:
 @dataclass(frozen=True)
 class ProtectConfig:
     """Settings of the update protections (``--protect``); each protection reads its
-    own section. Field names stay unique across all sub-configs (flat routing)."""
+    own section. Field names stay unique across all sub-configs (flat routing).
+
+    Here every field's type is checked, and the ranges that are facts about one
+    field; what depends on the protection's maths (a CKKS preset that meets
+    128-bit security for the federation, a secure-aggregation ring the sum fits)
+    is checked when :mod:`securefl.build` turns these fields into the protection's
+    own settings (:func:`securefl.build.check` runs it up front)."""
 
     #: smallest cohort whose sum a client helps release (CKKS decryption, secure
     #: aggregation unmasking); each client enforces its own value, whatever the server says
     min_clients: int = 3
 
-    # --- ckks (securefl.crypto.ckks)
+    # --- ckks (securefl.protections.ckks)
     ckks_preset: str = "small-model"  #: ring preset named by use (securefl.crypto.hazmat.ckks.PRESETS)
     ckks_encryption: str = "symmetric"  #: "symmetric" (secret-key), "public-key" or "seeded" (secret-key, ~half the bytes)
     ckks_max_clients: int | None = None  #: most ciphertexts summed in a round; None = the federation size
@@ -221,26 +221,7 @@ class ProtectConfig:
     ckks_clip: float = 4.0  #: L2 bound on an (unweighted) update; larger ones are clipped and counted
     ckks_max_weight: float | None = None  #: bound on n_k; None = 1000 (1 under DP, where weights are 1)
 
-    def _check_ckks(self) -> None:
-        from securefl.crypto.hazmat.ckks import ENCRYPTIONS, PRESETS, derive_params
-
-        _choice("ckks_preset", self.ckks_preset, list(PRESETS))
-        _choice("ckks_encryption", self.ckks_encryption, ENCRYPTIONS)
-        if self.ckks_max_clients is not None:
-            _int("ckks_max_clients", self.ckks_max_clients, 1, 100_000)
-        _float("ckks_max_error", self.ckks_max_error, 0.0, 1.0, lo_open=True)
-        _float("ckks_clip", self.ckks_clip, 0.0, lo_open=True)
-        if self.ckks_max_weight is not None:
-            _float("ckks_max_weight", self.ckks_max_weight, 0.0, lo_open=True)
-        if self.ckks_max_clients is not None:
-            derive_params(
-                self.ckks_preset,
-                max_summands=self.ckks_max_clients,
-                max_error=self.ckks_max_error,
-                encryption=self.ckks_encryption,
-            )
-
-    # --- secagg (securefl.crypto.secagg)
+    # --- secagg (securefl.protections.secagg; ranges in securefl.crypto.secagg.common.SecAggSettings)
     secagg_clip: float = 1.0  #: bound on each coordinate of an (unweighted) update
     secagg_max_weight: float = 4096.0  #: bound on a client's weight n_k
     secagg_bits: int = 32  #: ring Z_(2^bits): 32 or 64
@@ -249,23 +230,23 @@ class ProtectConfig:
     secagg_malicious: bool = False  #: signed keys + consistency check (malicious server)
     secagg_distributed_dp: bool = False  #: dp='client': clients add the noise in shares (no central noise)
 
-    def _check_secagg(self) -> None:
-        from securefl.crypto.secagg.common import SecAggSettings
-
-        SecAggSettings(
-            clip=self.secagg_clip,
-            max_weight=self.secagg_max_weight,
-            bits=self.secagg_bits,
-            threshold=self.secagg_threshold,
-            neighbors=self.secagg_neighbors,
-            malicious=self.secagg_malicious,
-        )
-        _bool("secagg_distributed_dp", self.secagg_distributed_dp)
-
     def __post_init__(self) -> None:
         _int("min_clients", self.min_clients, 2, 1_000_000)
-        self._check_ckks()
-        self._check_secagg()
+        for name in ("ckks_preset", "ckks_encryption"):
+            if not isinstance(getattr(self, name), str):
+                raise ConfigTypeError(name, getattr(self, name), "must be a string")
+        if self.ckks_max_clients is not None:
+            _int("ckks_max_clients", self.ckks_max_clients, 1, 100_000)
+        _float("ckks_max_error", self.ckks_max_error, 0.0, 1.0, lo_open=True)
+        _float("ckks_clip", self.ckks_clip, 0.0, lo_open=True)
+        if self.ckks_max_weight is not None:
+            _float("ckks_max_weight", self.ckks_max_weight, 0.0, lo_open=True)
+        for name in ("secagg_clip", "secagg_max_weight", "secagg_threshold"):
+            _float(name, getattr(self, name))
+        _int("secagg_bits", self.secagg_bits)
+        _int("secagg_neighbors", self.secagg_neighbors)
+        _bool("secagg_malicious", self.secagg_malicious)
+        _bool("secagg_distributed_dp", self.secagg_distributed_dp)
 
 
 @dataclass(frozen=True)
@@ -288,65 +269,57 @@ class RunConfig:
     protection: ProtectConfig = field(default_factory=ProtectConfig)
 
     def __post_init__(self) -> None:
-        from securefl.data import DATASETS, PARTITIONERS
-        from securefl.models import MODELS
-        from securefl.protect import PROTECTIONS
-
-        _choice("dataset", self.dataset, sorted(DATASETS))
+        _choice("dataset", self.dataset, sorted(DATASET_NAMES))
         _int("clients", self.clients, 1, 100_000)
-        _choice("partition", self.partition, sorted(PARTITIONERS))
+        _choice("partition", self.partition, sorted(PARTITION_NAMES))
         _float("alpha", self.alpha, 0.0, lo_open=True)
         _int("shards_per_client", self.shards_per_client, 1)
-        _choice("model", self.model, sorted(MODELS))
+        _choice("model", self.model, sorted(MODEL_NAMES))
         _int("hidden", self.hidden, 1)
-        _choice("protect", self.protect, sorted(PROTECTIONS))
+        _choice("protect", self.protect, sorted(PROTECT_NAMES))
         _int("seed", self.seed, 0, 2**63 - 1)
         _float("test_fraction", self.test_fraction, 0.0, 0.9, lo_open=True)
         for name, cls in _SUBCONFIGS.items():
             if not isinstance(getattr(self, name), cls):
                 raise ConfigTypeError(name, getattr(self, name), f"must be a {cls.__name__}")
-        if self.protect == "ckks":
-            from securefl.crypto.ckks import ckks_params
+        self._check_client_dp()
+        self._check_cohort()
 
-            ckks_params(self)  # the CKKS parameters for this federation fit 128-bit security
-        if (
-            self.dp.dp == "client"
-            and self.server.sampling == "fixed"
-            and self.server.fraction < 1.0
-        ):
+    @property
+    def expected_cohort(self) -> int:
+        """Clients in a round under fixed sampling (at least one)."""
+        return max(1, round(self.server.fraction * self.clients))
+
+    def _check_client_dp(self) -> None:
+        """Rules that client-level DP and its distributed form put on the rest of the run."""
+        client_dp = self.dp.mode is DPMode.CLIENT
+        if client_dp and self.server.sampling == "fixed" and self.server.fraction < 1.0:
             raise ConfigValueError(
                 "sampling",
                 "fixed",
                 "client-level DP accounting assumes Poisson client sampling; "
                 "use --sampling poisson or --fraction 1",
             )
-        if self.protection.secagg_distributed_dp and (
-            self.protect != "secagg" or self.dp.dp != "client" or self.dp.adaptive_clip
-        ):
+        if self.protection.secagg_distributed_dp and (self.protect != "secagg" or not client_dp or self.dp.adaptive_clip):
             raise ConfigValueError(
                 "secagg_distributed_dp",
                 True,
                 "distributed DP noise needs --protect secagg and --dp client with a fixed clip "
                 f"(got protect={self.protect!r}, dp={self.dp.dp!r}, adaptive_clip={self.dp.adaptive_clip})",
             )
-        if self.dp.dp == "client" and self.server.aggregator != "mean":
+        if client_dp and self.server.aggregator != "mean":
             raise ConfigValueError(
                 "aggregator",
                 self.server.aggregator,
                 "DP-FedAvg calibrates its noise to the sum of clipped updates; use aggregator 'mean' with dp='client'",
             )
-        from securefl.aggregation.robust import BYZANTINE_BOUNDS, min_clients
 
-        expected = max(1, round(self.server.fraction * self.clients))
-        agg, f = self.server.aggregator, self.server.byzantine
-        if agg in BYZANTINE_BOUNDS and self.server.sampling == "fixed" and expected < min_clients(agg, f):
-            raise ConfigValueError(
-                "byzantine",
-                f,
-                f"aggregator {agg!r} needs {BYZANTINE_BOUNDS[agg][0]}, but a round has n={expected} clients "
-                f"(need n >= {min_clients(agg, f)})",
-            )
-        if agg == "multikrum" and self.server.krum_m is not None and self.server.krum_m > expected:
+    def _check_cohort(self) -> None:
+        """Multi-Krum averages at most the clients of a round. (Whether a round holds
+        enough clients for a robust rule's Byzantine bound is the rule's own maths:
+        :func:`securefl.build.check`.)"""
+        expected = self.expected_cohort
+        if self.server.aggregator == "multikrum" and self.server.krum_m is not None and self.server.krum_m > expected:
             raise ConfigValueError("krum_m", self.server.krum_m, f"must be <= the {expected} clients of a round")
 
     # ------------------------------------------------------------------ flat I/O

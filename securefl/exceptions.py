@@ -13,6 +13,10 @@ The hierarchy mirrors what a caller can do about an error:
   version or digest checks; nothing from such a message is used.
 * :class:`LedgerError` is raised for a ledger that is malformed, tampered with or
   inconsistent.
+* :class:`CryptoUsageError` is raised when a cryptographic primitive is called with
+  input it refuses (a vector outside the encoding range, a context without the key
+  the call needs); :class:`RandomnessError` when the secure generator is (a key
+  of the wrong size, an empty range). Both are also ``ValueError``s.
 """
 
 from __future__ import annotations
@@ -112,3 +116,13 @@ class CiphertextRejectedError(AggregationError):
 class ReplayError(ProtocolError):
     """A server asked a client to answer a round at or below the last one it
     answered (a replay, or an attempt to rerun a round with another cohort)."""
+
+
+class CryptoUsageError(SecureFLError, ValueError):
+    """A cryptographic primitive was called with input it refuses (values outside
+    the encoding range, a public context asked to decrypt, a malformed buffer)."""
+
+
+class RandomnessError(SecureFLError, ValueError):
+    """The secure random generator was asked for something it cannot give (a key
+    that is not 32 bytes, an empty range, more distinct samples than exist)."""

@@ -1,7 +1,10 @@
 """SecureServer: rounds, client sampling, aggregation, server optimizer, evaluation.
 
 The server only ever handles bytes from clients and opens them through the
-round's :class:`~securefl.protect.ServerProtection`. It never trusts an aggregate it
+round's :class:`~securefl.protections.base.ServerProtection`, and turns what that
+yields into the round's update with its :class:`~securefl.aggregation.strategy.RoundAggregation`
+(FedAvg, a robust rule, or client-level DP wrapped around the mean:
+:class:`~securefl.aggregation.dp.DPFedAvg`). It never trusts an aggregate it
 cannot validate: a round whose aggregate is not finite is aborted and the global
 model is left unchanged.
 """
@@ -17,23 +20,21 @@ import torch.nn.functional as F
 from torch import nn
 
 from securefl.aggregation import SUM_COMPATIBLE, make_aggregator
-from securefl.config import DPConfig, ServerConfig
+from securefl.aggregation.dp import DPFedAvg
+from securefl.aggregation.strategy import PlainAggregation, RoundAggregation
+from securefl.config import DPConfig, DPMode, ServerConfig
 from securefl.exceptions import AggregationError, ConfigValueError, ProtocolError, WireFormatError
 from securefl.models import get_flat, set_flat
-from securefl.privacy.client_dp import (
-    AdaptiveClipper,
-    clip_update,
-    noisy_average,
-    resolve_noise_multiplier,
-    update_noise_multiplier,
-)
+from securefl.privacy.calibration import noise_multiplier_for
+from securefl.privacy.client_dp import AdaptiveClipper
+from securefl.privacy.events import FEDERATION
 from securefl.privacy.ledger import PrivacyLedger
 from securefl.privacy.noise import SecureRNG
-from securefl.protect import ClientLike, Exchange, Plaintext, ServerProtection
+from securefl.protections.base import ClientLike, Exchange, Plaintext, ServerProtection
 from securefl.server_opt import make_server_optimizer
 from securefl.transport import wire
 
-FEDERATION = "federation"
+__all__ = ["CONTRACT_KEYS", "COUNT_REASON", "FEDERATION", "RoundResult", "SecureServer", "release_round"]
 
 
 @dataclass
@@ -122,7 +123,7 @@ class SecureServer:
         model: the released global model (updated in place after each successful round;
             with ``config.ema`` it holds the moving average of the iterates).
         config: rounds, sampling, aggregation and server optimizer.
-        dp: privacy settings; ``dp.dp == "client"`` makes the server run DP-FedAvg.
+        dp: privacy settings; ``dp.mode is DPMode.CLIENT`` wraps the aggregation in DP-FedAvg.
         num_clients: size of the population (for the client-level sampling rate).
         protection: the server half of the clients' protection.
         ledger: where client-level spend is recorded (subject ``"federation"``).
@@ -131,6 +132,9 @@ class SecureServer:
         rng: secure randomness for client sampling and central noise.
         reference: ``(weights, round) -> update`` on the server's own root dataset, for
             aggregators that need one (FLTrust; see :mod:`securefl.aggregation.root`).
+        noise_multiplier: client-level DP's z when the caller solved it
+            (:mod:`securefl.build` does); otherwise it is solved here by the same
+            function, :func:`securefl.privacy.calibration.noise_multiplier_for`.
     """
 
     def __init__(
@@ -146,6 +150,7 @@ class SecureServer:
         task: str = "classification",
         rng: SecureRNG | None = None,
         reference: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
+        noise_multiplier: float | None = None,
     ) -> None:
         self.model = model
         self.config = config
@@ -170,34 +175,63 @@ class SecureServer:
                 f"needs individual updates, which protect={self.protection.name!r} hides from the server; "
                 "under a protection use aggregator 'mean' with client-side norm bounding or DP",
             )
-        self.aggregator = make_aggregator(config.aggregator, config)
         self.reference = reference
         self.previous_update: torch.Tensor | None = None
+        self.client_rate = config.fraction
+        self.expected_clients = max(1e-12, config.fraction * num_clients)
+        self.aggregation = self._aggregation(noise_multiplier)
         if "reference" in self.aggregator.needs and reference is None:
             raise ConfigValueError(
                 "aggregator", config.aggregator, "needs a server root dataset: pass reference=RootReference(...)"
             )
-        # client-level DP (DP-FedAvg)
-        self.client_rate = config.fraction
-        self.expected_clients = max(1e-12, config.fraction * num_clients)
-        self.noise_multiplier: float | None = None
-        self.update_noise_multiplier: float | None = None
-        self.clipper: AdaptiveClipper | None = None
-        self.clip = dp.clip
-        if dp.dp == "client":
-            z = resolve_noise_multiplier(dp, sample_rate=self.client_rate, rounds=config.rounds)
-            self.noise_multiplier = z
-            self.update_noise_multiplier = z
-            if dp.adaptive_clip:
-                sigma_b = dp.clip_count_stddev or max(self.expected_clients / 20.0, z)
-                self.update_noise_multiplier = update_noise_multiplier(z, sigma_b)
-                self.clipper = AdaptiveClipper(
-                    dp.clip,
-                    target_quantile=dp.target_quantile,
-                    lr=dp.clip_lr,
-                    count_stddev=sigma_b,
-                    expected_clients=self.expected_clients,
-                )
+
+    def _aggregation(self, noise_multiplier: float | None) -> RoundAggregation:
+        """The configured rule, wrapped in DP-FedAvg under client-level DP."""
+        plain = PlainAggregation(make_aggregator(self.config.aggregator, self.config))
+        if self.dp.mode is not DPMode.CLIENT:
+            return plain
+        if noise_multiplier is None:
+            noise_multiplier = noise_multiplier_for(self.dp, sample_rate=self.client_rate, steps=self.config.rounds)
+        return DPFedAvg(
+            plain,
+            dp=self.dp,
+            noise_multiplier=noise_multiplier,
+            sample_rate=self.client_rate,
+            expected_clients=self.expected_clients,
+            ledger=self.ledger,
+            rng=self.rng,
+            # with distributed noise the clients' shares already sum to at least
+            # N(0, (z S)^2) (securefl.crypto.secagg); the server adds none
+            distributed_noise=self.protection.distributed_noise,
+        )
+
+    # ------------------------------------------------------------ client-level DP state
+    @property
+    def aggregator(self) -> Callable[..., torch.Tensor]:
+        """The bound aggregation rule (:class:`~securefl.aggregation.BoundAggregator`)."""
+        return self.aggregation.rule
+
+    @aggregator.setter
+    def aggregator(self, rule: Callable[..., torch.Tensor]) -> None:
+        self.aggregation.rule = rule
+
+    @property
+    def clip(self) -> float:
+        """The client-level clip S of the next round (``dp.clip`` without client-level DP)."""
+        return self.dp.clip if self.aggregation.clip is None else self.aggregation.clip
+
+    @property
+    def noise_multiplier(self) -> float | None:
+        """DP-FedAvg's z (None without client-level DP)."""
+        return getattr(self.aggregation, "noise_multiplier", None)
+
+    @property
+    def update_noise_multiplier(self) -> float | None:
+        return getattr(self.aggregation, "update_noise_multiplier", None)
+
+    @property
+    def clipper(self) -> AdaptiveClipper | None:
+        return getattr(self.aggregation, "clipper", None)
 
     # ------------------------------------------------------------ sampling
     def sample(self) -> list[int]:
@@ -218,77 +252,31 @@ class SecureServer:
 
     # ------------------------------------------------------------ one round
     def global_message(self, round_: int) -> bytes:
-        header: dict[str, Any] = {"round": round_, "dim": int(self.weights.numel())}
-        if self.dp.dp == "client":
-            header["client_clip"] = self.clip
+        header: dict[str, Any] = {"round": round_, "dim": int(self.weights.numel()), **self.aggregation.header()}
         return wire.encode(wire.Kind.GLOBAL_MODEL, header, wire.vector_to_bytes(self.weights))
 
     def run_round(self, round_: int, clients: Sequence[ClientLike]) -> RoundResult:
         """Sample, broadcast, collect, aggregate, step, evaluate."""
         t0 = time.perf_counter()
-        if not self._set_up:
-            setup = Exchange(0)
-            self.protection.setup(clients, setup)
-            self._set_up = True
-            setup_up, setup_down = setup.bytes_up, setup.bytes_down
-        else:
-            setup_up = setup_down = 0
+        setup_up, setup_down = self._setup(clients)
         chosen = [clients[i] for i in self.sample()]
         down = self.global_message(round_)
         exchange = Exchange(round_, self.draw_dropouts(chosen))
         dim = int(self.weights.numel())
-        clip_used = self.clip if self.dp.dp == "client" else None
-        epsilon = epsilon_rdp = None
-        aborted = None
-        update = None
-        agg = None
+        clip_used = self.aggregation.clip
+        epsilon = epsilon_rdp = aborted = agg = None
         try:
-            if self.dp.dp == "client":
-                # the mechanism runs every round, even with no participants; its
-                # spend is on disk before anything is released
-                entry = self.ledger.record(
-                    subject=FEDERATION,
-                    round=round_,
-                    mechanism="dp-fedavg",
-                    noise_multiplier=float(self.noise_multiplier or 0.0),
-                    sample_rate=self.client_rate,
-                    steps=1,
-                )
-                epsilon, epsilon_rdp = entry["epsilon"][self.dp.accountant], entry["epsilon"]["rdp"]
+            # a DP mechanism runs every round, even with no participants; its
+            # spend is on disk before anything is released
+            epsilon, epsilon_rdp = self.aggregation.charge(round_)
             agg = self.protection.aggregate(chosen, down, dim, exchange)
-            if self.dp.dp == "client":
-                # with distributed noise the clients' shares already sum to at least
-                # N(0, (z S)^2) (securefl.crypto.secagg); the server adds none
-                central = not self.protection.distributed_noise
-                update = noisy_average(
-                    self._client_dp_total(agg, dim),
-                    noise_multiplier=float(self.update_noise_multiplier or 0.0) if central else 0.0,
-                    clip=self.clip,
-                    denominator=self.expected_clients,
-                    rng=self.rng,
-                )
-                if self.clipper is not None:
-                    unclipped = agg.aux.get("unclipped", 0.0) if agg is not None else 0.0
-                    self.clip = self.clipper.update(unclipped, self.rng)
-            elif agg is not None and agg.count:
-                if agg.individual is not None and self.config.aggregator != "mean":
-                    stack = torch.stack([u for u, _ in agg.individual])
-                    w = torch.tensor([wt for _, wt in agg.individual])
-                    update = self.aggregator(stack, w, **self._aggregation_context(round_))
-                else:
-                    update = agg.total / agg.aux["weight"]
+            update = self.aggregation.aggregate(agg, dim, lambda: self._aggregation_context(round_))
             if update is not None:
-                if not torch.isfinite(update).all():
-                    raise AggregationError("aggregate is not finite")
-                self.weights = self.optimizer.step(self.weights, update)
-                self.previous_update = update
-                beta = self.config.ema
-                self.released = beta * self.released + (1 - beta) * self.weights if beta else self.weights
-                set_flat(self.model, self.released)
+                self._apply(update)
         except (AggregationError, WireFormatError, ProtocolError) as exc:
             # nothing from a round that fails validation reaches the global model
             aborted = f"{type(exc).__name__}: {exc}"
-        if self.dp.dp == "sample":
+        if self.dp.mode is DPMode.SAMPLE:
             # clients report no epsilon (it is a function of their data): read the ledger
             epsilon, epsilon_rdp = self._sample_epsilon()
         acc, loss = self.evaluate()
@@ -309,6 +297,25 @@ class SecureServer:
             protection=dict(agg.stats) if agg is not None else {},
         )
 
+    def _setup(self, clients: Sequence[ClientLike]) -> tuple[int, int]:
+        """The protection's one-off set-up before the first round; its bytes (up, down)."""
+        if self._set_up:
+            return 0, 0
+        setup = Exchange(0)
+        self.protection.setup(clients, setup)
+        self._set_up = True
+        return setup.bytes_up, setup.bytes_down
+
+    def _apply(self, update: torch.Tensor) -> None:
+        """Step the server optimizer with a validated update and release the result."""
+        if not torch.isfinite(update).all():
+            raise AggregationError("aggregate is not finite")
+        self.weights = self.optimizer.step(self.weights, update)
+        self.previous_update = update
+        beta = self.config.ema
+        self.released = beta * self.released + (1 - beta) * self.weights if beta else self.weights
+        set_flat(self.model, self.released)
+
     def _sample_epsilon(self) -> tuple[float | None, float | None]:
         """Sample-level DP: the largest client spend recorded in this server's ledger
         (the shared ledger in a simulation; None if it holds no client entries)."""
@@ -320,7 +327,7 @@ class SecureServer:
     def release(self, result: RoundResult) -> dict[str, Any]:
         """The publishable form of ``result`` (a metrics.json row); see :func:`release_round`."""
         row = result.as_dict()
-        if self.dp.dp != "client":
+        if not self.aggregation.hides_participants:
             return row
         return release_round(row, expected_clients=self.expected_clients)
 
@@ -333,19 +340,6 @@ class SecureServer:
         if "previous" in self.aggregator.needs:
             ctx["previous"] = self.previous_update
         return ctx
-
-    def _client_dp_total(self, agg: Any, dim: int) -> torch.Tensor:
-        """DP-FedAvg's sum of clipped updates. Where the server sees individual
-        updates it enforces the clip itself instead of trusting clients to have
-        clipped (a malicious client would not); the number it had to clip is
-        reported in the round's ``protection`` stats as ``server_clipped``."""
-        if agg is None:
-            return torch.zeros(dim)
-        if agg.individual is None:
-            return agg.total
-        clipped = [clip_update(u * wt, self.clip) for u, wt in agg.individual]
-        agg.stats["server_clipped"] = sum(1 for _, norm in clipped if norm > self.clip * (1 + 1e-6))
-        return torch.stack([c for c, _ in clipped]).sum(0) if clipped else torch.zeros(dim)
 
     # ------------------------------------------------------------ evaluation
     @torch.no_grad()

@@ -1,7 +1,7 @@
 """In-process federation: the embedded default runtime.
 
-Builds the data partition, the clients and the server from one
-:class:`~securefl.config.RunConfig`, runs the rounds, and writes
+Builds the federation from one :class:`~securefl.config.RunConfig` through the
+composition root (:func:`securefl.build.build`), runs the rounds, and writes
 ``metrics.json`` (after every round, atomically), ``ledger.json`` (before every
 update leaves a client) and ``accuracy.png``. Client and server still exchange
 bytes, so ``bytes_up``/``bytes_down`` are what a network would carry.
@@ -22,17 +22,13 @@ from typing import Any, Callable
 import numpy as np
 
 from securefl._io import atomic_write_json
-from securefl.aggregation.root import root_reference
+from securefl.build import build
 from securefl.client import SecureClient
-from securefl.config import RunConfig
-from securefl.crypto.identity import Identity, Roster
-from securefl.crypto.replay import RoundGuard
-from securefl.data import FederatedData, load_dataset, partition, summarize
-from securefl.models import build_model
+from securefl.config import DPMode, RunConfig
+from securefl.data import FederatedData, summarize
+from securefl.privacy.events import FEDERATION
 from securefl.privacy.ledger import PrivacyLedger
-from securefl.privacy.noise import SecureRNG
-from securefl.protect import PROTECTIONS
-from securefl.server import COUNT_REASON, FEDERATION, RoundResult, SecureServer
+from securefl.server import COUNT_REASON, RoundResult, SecureServer
 
 
 @dataclass
@@ -57,89 +53,14 @@ class Simulation:
     ) -> None:
         self.config = config
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        c = config
-        self.data = data or load_dataset(c.dataset, test_fraction=c.test_fraction, seed=c.seed)
-        self.parts = partition(
-            self.data.y_train,
-            c.clients,
-            method=c.partition,
-            seed=c.seed,
-            alpha=c.alpha,
-            shards_per_client=c.shards_per_client,
-        )
+        fed = build(config, data=data, out_dir=self.out_dir)
+        self.federation = fed
+        self.data, self.parts, self.ledger = fed.data, fed.parts, fed.ledger
+        self.identities, self.roster, self.guards = fed.identities, fed.roster, fed.guards
+        self.clients, self.server = fed.clients, fed.server
         self.summary = summarize(self.parts, self.data.y_train, self.data.num_classes)
-        ledger_path = self.out_dir / "ledger.json" if self.out_dir is not None else None
-        if ledger_path is not None and ledger_path.exists():
-            ledger_path.unlink()  # a new run starts a new ledger
-        self.ledger = PrivacyLedger(
-            ledger_path, delta=c.dp.delta, budget=c.dp.epsilon, accountant=c.dp.accountant
-        )
-        self.ledger.save()
-
-        def rng(context: str) -> SecureRNG:
-            if c.dp.reproducible_noise:
-                return SecureRNG.from_seed(c.seed, context)
-            return SecureRNG()
-
-        def model_fn():
-            return build_model(
-                c.model, self.data.input_shape, self.data.num_classes, hidden=c.hidden, seed=c.seed
-            )
-
-        spec = PROTECTIONS[c.protect]
-        ids = [f"client-{k}" for k in range(len(self.parts))]
-        self.identities = [Identity.generate(cid) for cid in ids]
-        # the simulation stands in for the operator, who hands every client the roster
-        # out of band (never through the server)
-        self.roster = Roster.of(self.identities)
-        self.guards = [self._guard(cid) for cid in ids]
-        self.clients = [
-            SecureClient(
-                cid,
-                self.data.x_train[idx],
-                self.data.y_train[idx],
-                model_fn=model_fn,
-                task=self.data.task,
-                config=c.client,
-                dp=c.dp,
-                planned_rounds=c.server.rounds,
-                ledger=self.ledger,
-                protection=spec.client(
-                    c, cid, rng(f"protect-{cid}"), identity=identity, roster=self.roster, guard=guard
-                ),
-                algorithm=c.server.algorithm,
-                rng=rng(cid),
-                seed=c.seed,
-                guard=guard,
-            )
-            for cid, idx, identity, guard in zip(ids, self.parts, self.identities, self.guards)
-        ]
-        self.server = SecureServer(
-            model_fn(),
-            config=c.server,
-            dp=c.dp,
-            num_clients=c.clients,
-            protection=spec.server(c, rng("protect-server"), roster=self.roster),
-            ledger=self.ledger,
-            eval_data=(self.data.x_test, self.data.y_test),
-            task=self.data.task,
-            rng=rng("server"),
-            reference=root_reference(c, self.data.x_train, self.data.y_train, model_fn, self.data.task),
-        )
         self.rounds: list[dict[str, Any]] = []
         self.results: list[RoundResult] = []
-
-    def _guard(self, client_id: str) -> RoundGuard:
-        """The client's round memory: on disk under ``out_dir/state`` when there is one.
-        A new run is a new federation (fresh identities, a new ledger), so it starts
-        with fresh round memories, as it starts with a fresh ledger."""
-        if self.out_dir is None:
-            return RoundGuard()
-        path = self.out_dir / "state" / f"{client_id}.rounds.json"
-        path.parent.mkdir(parents=True, exist_ok=True)
-        if path.exists():
-            path.unlink()
-        return RoundGuard(path)
 
     # ------------------------------------------------------------------ run
     def run(self, *, on_round: Callable[[RoundResult], None] | None = None) -> RunResult:
@@ -163,7 +84,8 @@ class Simulation:
         c = self.config
         last = self.rounds[-1] if self.rounds else {}
         per_client: dict[str, Any] = {}
-        if c.dp.dp == "sample":
+        mode = c.dp.mode
+        if mode is DPMode.SAMPLE:
             for cl in self.clients:
                 s = self.ledger.spent(cl.client_id)
                 per_client[cl.client_id] = {
@@ -175,7 +97,7 @@ class Simulation:
                     "rounds": len([e for e in self.ledger.entries if e["subject"] == cl.client_id]),
                 }
         final_eps = last.get("epsilon")
-        if c.dp.dp == "client" and self.ledger.history(FEDERATION):
+        if mode is DPMode.CLIENT and self.ledger.history(FEDERATION):
             final_eps = self.ledger.spent(FEDERATION).get(c.dp.accountant)
         final = {
             "accuracy": last.get("accuracy"),
@@ -185,20 +107,20 @@ class Simulation:
             "delta": c.dp.delta if c.dp.enabled else None,
             "accountant": c.dp.accountant if c.dp.enabled else None,
             "noise_multiplier": self.server.noise_multiplier
-            if c.dp.dp == "client"
-            else (self.clients[0].noise_multiplier if c.dp.dp == "sample" else None),
+            if mode is DPMode.CLIENT
+            else (self.clients[0].noise_multiplier if mode is DPMode.SAMPLE else None),
             **self._totals(seconds),
             "clients": per_client,
         }
         partition: list[dict] | None = self.summary
-        if c.dp.dp == "client":
+        if mode is DPMode.CLIENT:
             partition = None  # per-client sizes and label histograms are the clients' data
             final["withheld"].append({"field": "partition", "reason": "statistics of the clients' private data"})
         return {"config": c.to_flat(), "rounds": self.rounds, "final": final, "partition": partition}
 
     def _totals(self, seconds: float) -> dict[str, Any]:
         """Run totals; under ``dp="client"`` the count-dependent ones are withheld (null)."""
-        if self.config.dp.dp != "client":
+        if self.config.dp.mode is not DPMode.CLIENT:
             return {
                 "refusals": sum(len(r.refused) for r in self.results),
                 "dropouts": sum(len(r.dropped) for r in self.results),

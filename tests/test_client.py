@@ -137,7 +137,7 @@ def test_sample_rate_defaults_to_batch_over_n(digits, digits_parts):
 
 
 def test_training_loss_stays_on_the_client_under_a_hiding_protection(digits, digits_parts):
-    from securefl.protect import ClientProtection, Plaintext
+    from securefl.protections import ClientProtection, Plaintext
 
     class Recorder(ClientProtection):
         name = "recorder"

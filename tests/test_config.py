@@ -501,3 +501,32 @@ def test_replace_revalidates():
         dataclasses.replace(cfg, clients=0)
     with pytest.raises(ConfigValueError):
         dataclasses.replace(cfg, dp=DPConfig(dp="client", epsilon=1.0), server=ServerConfig(fraction=0.2))
+
+
+# ------------------------------------------------------------------ vocabularies
+def test_config_vocabularies_match_the_component_registries():
+    """config.py names the components without importing them; the registries are
+    keyed by exactly those names."""
+    from securefl import config as C
+    from securefl.aggregation import AGGREGATORS
+    from securefl.data import DATASETS, PARTITIONERS
+    from securefl.models import MODELS
+    from securefl.protections import PROTECTIONS
+    from securefl.server_opt import SERVER_OPTIMIZERS
+
+    assert set(C.DATASET_NAMES) == set(DATASETS)
+    assert set(C.PARTITION_NAMES) == set(PARTITIONERS)
+    assert set(C.MODEL_NAMES) == set(MODELS)
+    assert set(C.AGGREGATOR_NAMES) == set(AGGREGATORS)
+    assert set(C.SERVER_OPT_NAMES) == set(SERVER_OPTIMIZERS)
+    assert set(C.PROTECT_NAMES) == set(PROTECTIONS)
+    assert C.DP_MODES == ("none", "sample", "client")
+
+
+def test_dp_mode_is_typed():
+    from securefl.config import DPMode
+
+    assert DPConfig().mode is DPMode.NONE and not DPConfig().enabled
+    assert DPConfig(dp="client", epsilon=1.0).mode is DPMode.CLIENT
+    assert DPConfig(dp=DPMode.SAMPLE, epsilon=1.0) == DPConfig(dp="sample", epsilon=1.0)
+    assert str(DPMode.SAMPLE) == "sample"

@@ -7,7 +7,7 @@ from securefl import DPConfig, SecureServer, ServerConfig
 from securefl.exceptions import BudgetExhaustedError, ConfigValueError
 from securefl.models import get_flat
 from securefl.privacy import accounting
-from securefl.protect import Plaintext
+from securefl.protections import Plaintext
 from securefl.transport import wire
 
 

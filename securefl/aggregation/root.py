@@ -6,7 +6,7 @@ g0 from the current global model with the clients' local training settings. That
 update is the trust anchor of :func:`securefl.aggregation.robust.fltrust`.
 
 The root data is the server's own: it never comes from a client and is never sent
-anywhere. The server trains on it in plain SGD (no DP), which is private to it.
+anywhere (:func:`securefl.build.root_reference` draws it for a run). The server trains on it in plain SGD (no DP), which is private to it.
 """
 
 from __future__ import annotations
@@ -15,12 +15,11 @@ import hashlib
 import math
 from typing import Callable
 
-import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from securefl.config import ClientConfig, RunConfig
+from securefl.config import ClientConfig
 from securefl.exceptions import ConfigValueError
 from securefl.models import get_flat, set_flat
 
@@ -84,24 +83,3 @@ class RootReference:
             self.loss_fn(self.model(self.x[idx]), self.y[idx]).backward()
             opt.step()
         return get_flat(self.model) - weights
-
-
-def root_reference(
-    config: RunConfig, x_train: torch.Tensor, y_train: torch.Tensor, model_fn: Callable[[], nn.Module], task: str
-) -> RootReference | None:
-    """The root-data reference a run's aggregator needs, or None if it needs none.
-
-    The root set is ``config.server.root_size`` examples drawn (seeded) from the
-    training pool, standing in for the clean data a real server would collect."""
-    from securefl.aggregation import AGGREGATOR_CONTEXT
-
-    if "reference" not in AGGREGATOR_CONTEXT.get(config.server.aggregator, frozenset()):
-        return None
-    size = config.server.root_size
-    if size > len(x_train):
-        raise ConfigValueError("root_size", size, f"must be <= the {len(x_train)} training examples")
-    idx = np.sort(np.random.default_rng([config.seed, 7]).permutation(len(x_train))[:size])
-    return RootReference(
-        x_train[idx], y_train[idx], model_fn=model_fn, config=config.client,
-        algorithm=config.server.algorithm, task=task, seed=config.seed,
-    )

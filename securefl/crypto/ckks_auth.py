@@ -43,7 +43,8 @@ import numpy as np
 from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from securefl.privacy.noise import SecureRNG
+from securefl.crypto import primitives as P
+from securefl.crypto.hazmat.ckks import TAIL
 
 #: number of MAC tags appended to each update
 TAGS = 6
@@ -92,14 +93,13 @@ class Layout:
         return math.sqrt(4.0 + len(self.aux_keys))
 
 
-def _stream(mac_key: bytes, info: str) -> SecureRNG:
-    key = HKDF(algorithm=hashes.SHA256(), length=32, salt=b"securefl-ckks-mac-v2", info=info.encode()).derive(mac_key)
-    return SecureRNG(key)
+def _key(mac_key: bytes, info: str) -> bytes:
+    return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"securefl-ckks-mac-v2", info=info.encode()).derive(mac_key)
 
 
 def tag_vectors(mac_key: bytes, round_: int, length: int) -> np.ndarray:
     """``TAGS`` secret unit vectors of random signs over the body, one set per round."""
-    raw = _stream(mac_key, f"vectors:{round_}").bytes((TAGS * length + 7) // 8)
+    raw = P.keystream(_key(mac_key, f"vectors:{round_}"), (TAGS * length + 7) // 8)
     bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8))[: TAGS * length]
     return (bits.astype(np.float64) * 2.0 - 1.0).reshape(TAGS, length) / math.sqrt(length)
 
@@ -107,7 +107,7 @@ def tag_vectors(mac_key: bytes, round_: int, length: int) -> np.ndarray:
 def tag_offsets(mac_key: bytes, round_: int, client_id: str) -> np.ndarray:
     """``TAGS`` secret offsets of one client in one round, uniform in [-1/2, 1/2)."""
     cid = hashlib.sha256(client_id.encode()).hexdigest()
-    return _stream(mac_key, f"offsets:{round_}:{cid}").uniform(TAGS) - 0.5
+    return P.uniforms(_key(mac_key, f"offsets:{round_}:{cid}"), TAGS) - 0.5
 
 
 def tags(mac_key: bytes, round_: int, layout: Layout, body: np.ndarray, members: list[str]) -> np.ndarray:
@@ -120,8 +120,6 @@ def tags(mac_key: bytes, round_: int, layout: Layout, body: np.ndarray, members:
 def tolerance(error_std: float) -> float:
     """How far a decrypted tag may sit from its recomputed value: the tag slot's own
     CKKS error plus that of ``<r, body>`` (``r`` is unit norm), TAIL deviations each."""
-    from securefl.crypto.hazmat.ckks import TAIL
-
     return math.sqrt(2.0) * TAIL * error_std + 1e-12
 
 
@@ -143,8 +141,6 @@ def check(
     error_std: float,
 ) -> tuple[list[str], str | None]:
     """Verify a decrypted (unflooded) aggregate; return (contributors, problem)."""
-    from securefl.crypto.hazmat.ckks import TAIL
-
     if not np.isfinite(values).all():
         return [], "decrypted aggregate is not finite"
     part = values[layout.participation]

@@ -2,7 +2,7 @@
 
 One client (the *generator*) makes the federation's CKKS secret key and a MAC key
 and seals both to every other key holder with X25519 + HKDF + ChaCha20-Poly1305
-(:mod:`securefl.crypto.primitives`), the associated data binding the settings, the
+(the key-wrap of :mod:`securefl.crypto.primitives`), the associated data binding the settings, the
 sender and the recipient. The server relays the sealed packages and holds a public
 context only.
 
@@ -32,8 +32,6 @@ from securefl.crypto import primitives as P
 from securefl.exceptions import ProtocolError
 
 _WRAP_INFO = b"securefl-ckks-keywrap-v2"
-
-
 
 
 def _lp(text: str) -> bytes:
@@ -107,14 +105,12 @@ def _ad(settings_id: str, sender: str, recipient: str) -> bytes:
 def seal_package(private: bytes, recipient_public: bytes, settings_id: str, sender: str, recipient: str, package: bytes) -> bytes:
     """AEAD-encrypt a key package to one recipient (static-static X25519: only the
     two ends can open it, and the recipient knows it came from ``sender``'s key)."""
-    key = P.agree(private, recipient_public, _WRAP_INFO)
-    return P.seal(key, package, _ad(settings_id, sender, recipient))
+    return P.wrap(private, recipient_public, _WRAP_INFO, package, _ad(settings_id, sender, recipient))
 
 
 def open_package(private: bytes, sender_public: bytes, settings_id: str, sender: str, recipient: str, sealed: bytes) -> bytes:
-    key = P.agree(private, sender_public, _WRAP_INFO)
     try:
-        return P.open_(key, sealed, _ad(settings_id, sender, recipient))
+        return P.unwrap(private, sender_public, _WRAP_INFO, sealed, _ad(settings_id, sender, recipient))
     except ProtocolError:
         raise ProtocolError(f"key package from {sender!r} fails authentication") from None
 

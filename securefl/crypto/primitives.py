@@ -5,8 +5,12 @@
 * signatures: Ed25519 (the malicious-server option of Bonawitz et al., CCS 2017);
 * authenticated encryption: ChaCha20-Poly1305 with a random 96-bit nonce and
   associated data that binds the round, the sender and the recipient;
+* the one key-wrap: X25519 agreement + HKDF + ChaCha20-Poly1305 (:func:`wrap`,
+  :func:`unwrap`), which seals CKKS key packages and secure-aggregation shares;
 * the mask PRG: AES-256 in counter mode keyed by HKDF output, expanded into a
-  vector of uniform integers modulo 2^32 or 2^64.
+  vector of uniform integers modulo 2^32 or 2^64;
+* a keyed ChaCha20 keystream (:func:`keystream`, :func:`uniforms`) for secret
+  values both ends derive from one key (the CKKS MAC's vectors and offsets).
 
 Nothing here uses numpy or Python ``random`` for secret material.
 """
@@ -25,7 +29,7 @@ from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 from cryptography.hazmat.primitives.ciphers.aead import ChaCha20Poly1305
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
-from securefl.exceptions import ProtocolError
+from securefl.exceptions import CryptoUsageError, ProtocolError
 
 KEY_BYTES = 32
 NONCE_BYTES = 12
@@ -106,6 +110,34 @@ def open_(key: bytes, blob: bytes, ad: bytes) -> bytes:
         raise ProtocolError("share ciphertext failed authentication (wrong round, sender, recipient or key)") from None
 
 
+def wrap(private: bytes, peer_public: bytes, info: bytes, plaintext: bytes, ad: bytes) -> bytes:
+    """The key-wrap: seal ``plaintext`` to the holder of ``peer_public`` under the
+    X25519 secret agreed with ``private`` (through HKDF with ``info``), binding ``ad``."""
+    return seal(agree(private, peer_public, info), plaintext, ad)
+
+
+def unwrap(private: bytes, peer_public: bytes, info: bytes, blob: bytes, ad: bytes) -> bytes:
+    """Open :func:`wrap`'s output; :class:`ProtocolError` if it fails authentication."""
+    return open_(agree(private, peer_public, info), blob, ad)
+
+
+# ------------------------------------------------------------------ keyed streams
+def keystream(key: bytes, n: int) -> bytes:
+    """The first ``n`` bytes of the ChaCha20 keystream of ``key`` (nonce and counter
+    zero): a PRG for values both ends derive from one secret key, each key used
+    for one purpose only."""
+    if len(key) != KEY_BYTES:
+        raise CryptoUsageError("a keystream key must be 32 bytes")
+    return Cipher(algorithms.ChaCha20(key, b"\x00" * 16), mode=None).encryptor().update(bytes(n))
+
+
+def uniforms(key: bytes, n: int) -> np.ndarray:
+    """``n`` float64 uniforms in (0, 1) from :func:`keystream` (52 bits each,
+    ``(k + 0.5) * 2^-52``, exact in float64)."""
+    raw = np.frombuffer(keystream(key, 8 * n), dtype="<u8")
+    return ((raw >> np.uint64(12)).astype(np.float64) + 0.5) * 2.0**-52
+
+
 # ------------------------------------------------------------------ mask PRG
 def mask(seed: bytes, length: int, bits: int, info: bytes) -> np.ndarray:
     """``length`` uniform integers modulo ``2^bits`` from AES-256-CTR keyed by
@@ -126,7 +158,7 @@ def add_mask(acc: np.ndarray, seed: bytes, info: bytes, *, subtract: bool = Fals
     streaming the keystream in cache-sized chunks instead of materialising it."""
     bits = acc.dtype.itemsize * 8
     if acc.dtype != _DTYPES.get(bits) or not acc.flags.c_contiguous or not acc.flags.writeable:
-        raise ValueError("acc must be a writeable, contiguous little-endian uint32 or uint64 vector")
+        raise CryptoUsageError("acc must be a writeable, contiguous little-endian uint32 or uint64 vector")
     key = hkdf(seed, b"securefl-secagg-mask-v1" + info)
     enc = Cipher(algorithms.AES(key), modes.CTR(b"\x00" * 16)).encryptor()
     total = acc.nbytes

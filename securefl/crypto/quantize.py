@@ -20,6 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from securefl.exceptions import ConfigTypeError, ConfigValueError, ProtocolError
+from securefl.validators import is_int
 
 BITS = (32, 64)
 #: fewer fractional bits than this would make the rounding error dominate updates
@@ -44,11 +45,11 @@ class FixedPoint:
     bound: float
 
     def __post_init__(self) -> None:
-        if isinstance(self.bits, bool) or not isinstance(self.bits, int):
+        if not is_int(self.bits):
             raise ConfigTypeError("bits", self.bits, "must be an integer")
         if self.bits not in BITS:
             raise ConfigValueError("bits", self.bits, "must be 32 or 64")
-        if isinstance(self.frac_bits, bool) or not isinstance(self.frac_bits, int):
+        if not is_int(self.frac_bits):
             raise ConfigTypeError("frac_bits", self.frac_bits, "must be an integer")
         if not 0 <= self.frac_bits < self.bits:
             raise ConfigValueError("frac_bits", self.frac_bits, f"must be in [0, {self.bits})")
@@ -61,7 +62,7 @@ class FixedPoint:
     def for_sum(cls, *, clients: int, bound: float, bits: int = 32) -> "FixedPoint":
         """The finest encoding whose sum over ``clients`` values in ``[-bound, bound]``
         stays inside the signed range of Z_(2^bits): ``clients * (bound * 2^f + 1) < 2^(bits-1)``."""
-        if isinstance(clients, bool) or not isinstance(clients, int) or clients < 1:
+        if not is_int(clients) or clients < 1:
             raise ConfigValueError("clients", clients, "must be a positive integer")
         if bits not in BITS:
             raise ConfigValueError("secagg_bits", bits, "must be 32 or 64")

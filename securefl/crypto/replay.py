@@ -18,6 +18,7 @@ from pathlib import Path
 
 from securefl._io import atomic_write_json
 from securefl.exceptions import ConfigValueError, ReplayError
+from securefl.validators import is_int
 
 _FORMAT = "securefl-client-rounds"
 
@@ -35,7 +36,7 @@ class RoundGuard:
                     raise ValueError("wrong format")
                 last = data["last"]
                 if not isinstance(last, dict) or not all(
-                    isinstance(v, int) and not isinstance(v, bool) for v in last.values()
+                    is_int(v) for v in last.values()
                 ):
                     raise ValueError("last must map stages to integers")
             except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
@@ -50,7 +51,7 @@ class RoundGuard:
     def advance(self, stage: str, round_: int) -> None:
         """Record that ``round_`` is being answered at ``stage``, or raise
         :class:`ReplayError` if it is not above the last one."""
-        if isinstance(round_, bool) or not isinstance(round_, int) or round_ < 1:
+        if not is_int(round_) or round_ < 1:
             raise ReplayError(f"{stage}: round must be a positive integer, got {round_!r}")
         last = self._last.get(stage)
         if last is not None and round_ <= last:

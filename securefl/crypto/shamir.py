@@ -21,6 +21,7 @@ from functools import lru_cache
 from typing import Iterable, Sequence
 
 from securefl.exceptions import ConfigValueError, ProtocolError
+from securefl.validators import is_int
 
 #: the Mersenne prime 2^521 - 1: large enough for any 32-byte secret, and cheap to reduce
 PRIME = (1 << 521) - 1
@@ -79,10 +80,10 @@ def split(secret: int | bytes, xs: Sequence[int], threshold: int) -> list[Share]
     so a reproducible one cannot be passed by mistake).
     """
     s = secret_to_int(secret) if isinstance(secret, (bytes, bytearray)) else secret
-    if isinstance(s, bool) or not isinstance(s, int) or not 0 <= s < PRIME:
+    if not is_int(s) or not 0 <= s < PRIME:
         raise ConfigValueError("secret", type(secret).__name__, "must be bytes or an integer in [0, 2^521 - 1)")
     _check_points(xs)
-    if isinstance(threshold, bool) or not isinstance(threshold, int) or not 1 <= threshold <= len(xs):
+    if not is_int(threshold) or not 1 <= threshold <= len(xs):
         raise ConfigValueError("threshold", threshold, f"must be an integer in [1, {len(xs)}] (number of shares)")
     coeffs = [s] + [_random_element() for _ in range(threshold - 1)]
     shares = []
@@ -97,7 +98,7 @@ def split(secret: int | bytes, xs: Sequence[int], threshold: int) -> list[Share]
 def _check_points(xs: Iterable[int]) -> None:
     seen = set()
     for x in xs:
-        if isinstance(x, bool) or not isinstance(x, int) or not 0 < x < PRIME:
+        if not is_int(x) or not 0 < x < PRIME:
             raise ConfigValueError("x", x, "share points must be integers in [1, p)")
         if x in seen:
             raise ConfigValueError("x", x, "share points must be distinct")
@@ -142,7 +143,7 @@ def combine(shares: Sequence[Share], threshold: int) -> int:
     shares with the smallest points; a share that does not lie on it raises :class:`ProtocolError`
     rather than yielding a wrong secret.
     """
-    if isinstance(threshold, bool) or not isinstance(threshold, int) or threshold < 1:
+    if not is_int(threshold) or threshold < 1:
         raise ConfigValueError("threshold", threshold, "must be a positive integer")
     if len(shares) < threshold:
         raise ProtocolError(f"{len(shares)} shares cannot reconstruct a {threshold}-of-n secret")

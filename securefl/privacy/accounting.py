@@ -1,13 +1,17 @@
 """Privacy accounting for Poisson-subsampled Gaussian mechanisms.
 
 A *history* is a tuple of ``(noise_multiplier, sample_rate, steps)`` triples, the
-same shape Opacus uses. Two accountants are offered, and neither is the
+same shape Opacus uses (:meth:`securefl.privacy.events.SelfComposedEvent.history`
+makes one from a typed event). Three accountants stand behind one interface,
+:class:`Accountant` (:data:`ACCOUNTANTS`, :func:`get_accountant`), and none is the
 Gaussian/CLT approximation (it is not an upper bound and is never reported as one):
 
 * ``prv``: the privacy random variable accountant (Gopi, Lee and Wutschitz 2021),
   tight, with explicit lower/upper error bounds; the upper bound is what we report.
 * ``rdp``: Renyi DP (Mironov 2017; Mironov, Talwar and Zhang 2019), a looser
   upper bound that is cheap to compute.
+* ``pld``: the privacy loss distribution accountant of ``dp_accounting`` (an
+  independent implementation, installed with the ``dev`` extra), for audits.
 
 Results are cached by ``(history, delta)``, and per-step RDP vectors by
 ``(sigma, q)``, so composing a longer history costs little more than a shorter one.
@@ -16,7 +20,9 @@ Results are cached by ``(history, delta)``, and per-step RDP vectors by
 from __future__ import annotations
 
 import functools
+import math
 import warnings
+from abc import ABC, abstractmethod
 from dataclasses import dataclass
 from typing import Iterable
 
@@ -176,14 +182,71 @@ def epsilon(history: Iterable[tuple[float, float, int]], delta: float) -> Epsilo
     return EpsilonReport(delta=delta, prv=hi, prv_lower=lo, prv_estimate=est, rdp=rdp_epsilon(h, delta))
 
 
+def pld_epsilon(history: Iterable[tuple[float, float, int]], delta: float) -> float:
+    """Epsilon under the PLD accountant of ``dp_accounting`` (an independent check)."""
+    from dp_accounting import dp_event
+    from dp_accounting.pld import pld_privacy_accountant
+
+    events = []
+    for sigma, q, steps in normalize(history):
+        if sigma == 0:
+            return math.inf
+        base = dp_event.GaussianDpEvent(sigma)
+        events.append(dp_event.SelfComposedDpEvent(base if q == 1 else dp_event.PoissonSampledDpEvent(q, base), steps))
+    if not events:
+        return 0.0
+    acc = pld_privacy_accountant.PLDAccountant()
+    acc.compose(dp_event.ComposedDpEvent(events))
+    return float(acc.get_epsilon(delta))
+
+
+class Accountant(ABC):
+    """An upper bound on epsilon for a history of Poisson-subsampled Gaussians."""
+
+    name: str = ""
+
+    @abstractmethod
+    def epsilon(self, history: Iterable[tuple[float, float, int]], delta: float) -> float:
+        """Epsilon of ``history`` at ``delta`` (an upper bound)."""
+
+
+class PRVAccountant(Accountant):
+    name = "prv"
+
+    def epsilon(self, history: Iterable[tuple[float, float, int]], delta: float) -> float:
+        return prv_epsilon(normalize(history), delta)[2]
+
+
+class RDPAccountant(Accountant):
+    name = "rdp"
+
+    def epsilon(self, history: Iterable[tuple[float, float, int]], delta: float) -> float:
+        return rdp_epsilon(normalize(history), delta)
+
+
+class PLDAccountant(Accountant):
+    name = "pld"
+
+    def epsilon(self, history: Iterable[tuple[float, float, int]], delta: float) -> float:
+        h = normalize(history)
+        _check(h, delta)
+        return pld_epsilon(h, delta)
+
+
+#: the accountants by name; ``prv`` and ``rdp`` may enforce a budget (``--accountant``)
+ACCOUNTANTS: dict[str, Accountant] = {a.name: a for a in (PRVAccountant(), RDPAccountant(), PLDAccountant())}
+
+
+def get_accountant(name: str) -> Accountant:
+    """The accountant called ``name``; :class:`ConfigValueError` if there is none."""
+    if name not in ACCOUNTANTS:
+        raise ConfigValueError("accountant", name, f"must be one of {', '.join(ACCOUNTANTS)}")
+    return ACCOUNTANTS[name]
+
+
 def epsilon_under(accountant: str, history: Iterable[tuple[float, float, int]], delta: float) -> float:
     """Epsilon of ``history`` under one named accountant (an upper bound)."""
-    h = normalize(history)
-    if accountant == "prv":
-        return prv_epsilon(h, delta)[2]
-    if accountant == "rdp":
-        return rdp_epsilon(h, delta)
-    raise ConfigValueError("accountant", accountant, "must be prv or rdp")
+    return get_accountant(accountant).epsilon(history, delta)
 
 
 @functools.lru_cache(maxsize=256)

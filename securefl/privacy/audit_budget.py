@@ -35,7 +35,6 @@ from __future__ import annotations
 import argparse
 import json
 import math
-import os
 import warnings
 from dataclasses import asdict, dataclass
 from pathlib import Path
@@ -44,7 +43,11 @@ from typing import Any, Callable, NamedTuple
 import numpy as np
 
 from securefl.exceptions import ConfigValueError, LedgerError
+from securefl.validators import is_number
 from securefl.privacy import accounting
+from securefl.privacy.accounting import pld_epsilon
+from securefl.privacy.audit_render import plot_budget, render
+from securefl.privacy.events import Mechanism
 from securefl.privacy.ledger import (
     BUDGET_SLACK,
     MAX_PRV_GRID_POINTS,
@@ -55,7 +58,7 @@ from securefl.privacy.ledger import (
 
 FEDERATION = "federation"
 #: mechanism -> the unit of privacy it protects
-LEVELS = {"dp-sgd": "sample", "dp-fedavg": "client"}
+LEVELS = {Mechanism.DP_SGD.value: "sample", Mechanism.DP_FEDAVG.value: "client"}
 #: rounds-left searches stop here (reported as ">=MAX_ROUNDS_LEFT")
 MAX_ROUNDS_LEFT = 10_000
 #: PRV grid points one rounds-left probe may use (~0.5 s, ~130 MB), or 1.25x what
@@ -91,24 +94,6 @@ class SubjectBudget:
 
     def as_dict(self) -> dict[str, Any]:
         return asdict(self)
-
-
-def pld_epsilon(history: accounting.History, delta: float) -> float:
-    """Epsilon under the PLD accountant of ``dp_accounting`` (an independent check)."""
-    from dp_accounting import dp_event
-    from dp_accounting.pld import pld_privacy_accountant
-
-    events = []
-    for sigma, q, steps in accounting.normalize(history):
-        if sigma == 0:
-            return math.inf
-        base = dp_event.GaussianDpEvent(sigma)
-        events.append(dp_event.SelfComposedDpEvent(base if q == 1 else dp_event.PoissonSampledDpEvent(q, base), steps))
-    if not events:
-        return 0.0
-    acc = pld_privacy_accountant.PLDAccountant()
-    acc.compose(dp_event.ComposedDpEvent(events))
-    return float(acc.get_epsilon(delta))
 
 
 class RoundsLeft(NamedTuple):
@@ -203,7 +188,7 @@ def _check_recorded(ledger: PrivacyLedger) -> None:
         subject, mechanism = e["subject"], e["mechanism"]
         if mechanism not in LEVELS:
             raise LedgerError(f"entry {i}: unknown mechanism {mechanism!r}")
-        if (mechanism == "dp-fedavg") != (subject == FEDERATION):
+        if (mechanism == Mechanism.DP_FEDAVG) != (subject == FEDERATION):
             raise LedgerError(f"entry {i}: mechanism {mechanism} recorded for subject {subject!r}")
         if e["delta"] != ledger.delta:
             raise LedgerError(f"entry {i}: delta {e['delta']!r} differs from the ledger's {ledger.delta}")
@@ -232,70 +217,13 @@ def budget_report(ledger: PrivacyLedger, *, delta: float | None = None, pld: boo
     ledger.verify()
     _check_recorded(ledger)
     d = ledger.delta if delta is None else delta
-    if isinstance(d, bool) or not isinstance(d, (int, float)) or not 0 < d < 1:
+    if not is_number(d) or not 0 < d < 1:
         raise ConfigValueError("delta", d, "must be in (0, 1)")
     by_subject: dict[str, list[dict[str, Any]]] = {}
     for e in ledger.entries:
         by_subject.setdefault(e["subject"], []).append(e)
-    rows: list[SubjectBudget] = []
-    for subject, entries in by_subject.items():
-        history = accounting.normalize((e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in entries)
-        last_entry = entries[-1]
-        check_prv_cost(history, d, subject)
-        report = accounting.epsilon(history, d)
-        recorded = float(last_entry["epsilon"][ledger.accountant])
-        if d == ledger.delta:
-            again = report.get(ledger.accountant)
-            if not math.isclose(again, recorded, rel_tol=_REL_TOL, abs_tol=1e-12):
-                raise LedgerError(
-                    f"{subject}: recorded epsilon ({ledger.accountant}) {recorded:.6g} does not follow from its "
-                    f"history (recomputed {again:.6g})"
-                )
-        budget = ledger.budget  # a budget is set at the ledger's delta: remaining and rounds left use it
-        last = (float(last_entry["noise_multiplier"]), float(last_entry["sample_rate"]), int(last_entry["steps"]))
-        left = None if budget is None else rounds_left(history, last, budget, ledger.delta, ledger.accountant)
-        rows.append(
-            SubjectBudget(
-                subject=subject,
-                mechanism=last_entry["mechanism"],
-                level=LEVELS[last_entry["mechanism"]],
-                rounds=len(entries),
-                steps=sum(int(e["steps"]) for e in entries),
-                noise_multiplier=last[0],
-                sample_rate=last[1],
-                prv=report.prv,
-                prv_lower=report.prv_lower,
-                prv_estimate=report.prv_estimate,
-                rdp=report.rdp,
-                pld=pld_epsilon(history, d) if pld else None,
-                recorded=recorded,
-                budget=budget,
-                remaining=None if budget is None else budget - recorded,
-                rounds_left=None if left is None else left.rounds,
-                rounds_left_at_least=left is not None and left.at_least,
-            )
-        )
-    overall: dict[str, Any] = {}
-    for level in ("sample", "client"):
-        mine = [r for r in rows if r.level == level]
-        if not mine:
-            continue
-        worst = max(mine, key=lambda r: getattr(r, ledger.accountant))
-        fewest = None if ledger.budget is None else min(r.rounds_left for r in mine)
-        overall[level] = {
-            "subject": worst.subject,
-            "epsilon": getattr(worst, ledger.accountant),
-            "prv": max(r.prv for r in mine),
-            "prv_lower": max(r.prv_lower for r in mine),
-            "rdp": max(r.rdp for r in mine),
-            "pld": max(r.pld for r in mine) if pld else None,
-            "remaining": None if ledger.budget is None else min(r.remaining for r in mine),
-            "rounds_left": fewest,
-            # exact if any subject with the fewest rounds left is exact
-            "rounds_left_at_least": fewest is not None
-            and all(r.rounds_left_at_least for r in mine if r.rounds_left == fewest),
-            "subjects": len(mine),
-        }
+    rows = [_subject_budget(ledger, subject, entries, d, pld) for subject, entries in by_subject.items()]
+    overall = {level: _overall(mine, ledger, pld) for level in ("sample", "client") if (mine := [r for r in rows if r.level == level])}
     return {
         "ledger": str(ledger.path) if ledger.path is not None else None,
         "entries": len(ledger.entries),
@@ -309,94 +237,63 @@ def budget_report(ledger: PrivacyLedger, *, delta: float | None = None, pld: boo
     }
 
 
-# ------------------------------------------------------------------ rendering
-_COLUMNS = [
-    ("subject", "subject", "{}"),
-    ("level", "level", "{}"),
-    ("rounds", "rounds", "{}"),
-    ("sigma", "noise_multiplier", "{:.3f}"),
-    ("q", "sample_rate", "{:.4f}"),
-    ("eps_prv", "prv", "{:.3f}"),
-    ("prv_range", None, None),
-    ("eps_rdp", "rdp", "{:.3f}"),
-    ("eps_pld", "pld", "{:.3f}"),
-    ("remaining", "remaining", "{:.3f}"),
-    ("rounds_left", "rounds_left", "{}"),
-]
+def _subject_budget(
+    ledger: PrivacyLedger, subject: str, entries: list[dict[str, Any]], d: float, pld: bool
+) -> SubjectBudget:
+    """One subject's spend at ``d``, its recorded epsilon checked against its history."""
+    history = accounting.normalize((e["noise_multiplier"], e["sample_rate"], e["steps"]) for e in entries)
+    last_entry = entries[-1]
+    check_prv_cost(history, d, subject)
+    report = accounting.epsilon(history, d)
+    recorded = float(last_entry["epsilon"][ledger.accountant])
+    if d == ledger.delta:
+        again = report.get(ledger.accountant)
+        if not math.isclose(again, recorded, rel_tol=_REL_TOL, abs_tol=1e-12):
+            raise LedgerError(
+                f"{subject}: recorded epsilon ({ledger.accountant}) {recorded:.6g} does not follow from its "
+                f"history (recomputed {again:.6g})"
+            )
+    budget = ledger.budget  # a budget is set at the ledger's delta: remaining and rounds left use it
+    last = (float(last_entry["noise_multiplier"]), float(last_entry["sample_rate"]), int(last_entry["steps"]))
+    left = None if budget is None else rounds_left(history, last, budget, ledger.delta, ledger.accountant)
+    return SubjectBudget(
+        subject=subject,
+        mechanism=last_entry["mechanism"],
+        level=LEVELS[last_entry["mechanism"]],
+        rounds=len(entries),
+        steps=sum(int(e["steps"]) for e in entries),
+        noise_multiplier=last[0],
+        sample_rate=last[1],
+        prv=report.prv,
+        prv_lower=report.prv_lower,
+        prv_estimate=report.prv_estimate,
+        rdp=report.rdp,
+        pld=pld_epsilon(history, d) if pld else None,
+        recorded=recorded,
+        budget=budget,
+        remaining=None if budget is None else budget - recorded,
+        rounds_left=None if left is None else left.rounds,
+        rounds_left_at_least=left is not None and left.at_least,
+    )
 
 
-def _cells(row: dict[str, Any], with_pld: bool) -> list[str]:
-    out = []
-    for name, key, fmt in _COLUMNS:
-        if name == "eps_pld" and not with_pld:
-            continue
-        if key is None:
-            out.append(f"[{row['prv_lower']:.3f}, {row['prv']:.3f}]")
-        elif row[key] is None:
-            out.append("-")
-        elif key == "rounds_left" and row["rounds_left_at_least"]:
-            out.append(f">={row[key]}")
-        else:
-            out.append(fmt.format(row[key]))
-    return out
-
-
-def render(report: dict[str, Any], fmt: str) -> str:
-    """The report as ``json``, a plain-text ``table`` or a Markdown (``md``) table."""
-    if fmt == "json":
-        return json.dumps(report, indent=2)
-    with_pld = any(r["pld"] is not None for r in report["subjects"])
-    head = [n for n, _, _ in _COLUMNS if with_pld or n != "eps_pld"]
-    body = [_cells(r, with_pld) for r in report["subjects"]]
-    budget = "none" if report["budget"] is None else f"{report['budget']:g}"
-    lines = [
-        f"ledger {report['ledger']}: {report['entries']} entries, chain verified; delta {report['delta']:g}, "
-        f"budget {budget} ({report['accountant']})",
-    ]
-    if fmt == "md":
-        lines += ["", "| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-        lines += ["| " + " | ".join(r) + " |" for r in body]
-    else:
-        widths = [max(len(h), *(len(r[i]) for r in body)) for i, h in enumerate(head)] if body else [len(h) for h in head]
-        lines.append("  ".join(h.ljust(w) for h, w in zip(head, widths)))
-        lines += ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in body]
-    lines.append("")
-    names = {"sample": "sample-level (any record; max over clients)", "client": "client-level (any client; federation)"}
-    for level, o in report["overall"].items():
-        n = f"{'>=' if o['rounds_left_at_least'] else ''}{o['rounds_left']}"
-        left = "" if o["remaining"] is None else f", remaining {o['remaining']:.3f}, rounds left {n}"
-        pld = "" if o["pld"] is None else f", PLD {o['pld']:.3f}"
-        lines.append(
-            f"overall {names[level]}: epsilon {o['epsilon']:.3f} ({report['accountant']}; PRV <= {o['prv']:.3f}, "
-            f"RDP {o['rdp']:.3f}{pld}) at delta {report['delta']:g}{left}"
-        )
-    if not report["overall"]:
-        lines.append("no DP mechanism recorded: no privacy spent")
-    return "\n".join(lines)
-
-
-def plot_budget(ledger: PrivacyLedger, path: str | os.PathLike) -> None:
-    """Cumulative epsilon (the ledger's accountant) of every subject over rounds."""
-    import matplotlib
-
-    matplotlib.use("Agg", force=False)
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(6, 3.6), dpi=110)
-    for subject in ledger.subjects():
-        pts = [(e["round"], e["epsilon"][ledger.accountant]) for e in ledger.entries if e["subject"] == subject]
-        ax.plot([p[0] for p in pts], [p[1] for p in pts], "o-", ms=2.5, lw=1, label=subject)
-    if ledger.budget is not None:
-        ax.axhline(ledger.budget, color="k", ls="--", lw=1, label="budget")
-    ax.set_xlabel("round")
-    ax.set_ylabel(f"epsilon ({ledger.accountant}, delta={ledger.delta:g})")
-    ax.grid(alpha=0.3)
-    if len(ledger.subjects()) <= 12:
-        ax.legend(fontsize=7, ncol=2)
-    fig.tight_layout()
-    Path(path).parent.mkdir(parents=True, exist_ok=True)
-    fig.savefig(path)
-    plt.close(fig)
+def _overall(mine: list[SubjectBudget], ledger: PrivacyLedger, pld: bool) -> dict[str, Any]:
+    """The guarantee of one privacy level: the worst of its subjects."""
+    worst = max(mine, key=lambda r: getattr(r, ledger.accountant))
+    fewest = None if ledger.budget is None else min(r.rounds_left for r in mine)
+    return {
+        "subject": worst.subject,
+        "epsilon": getattr(worst, ledger.accountant),
+        "prv": max(r.prv for r in mine),
+        "prv_lower": max(r.prv_lower for r in mine),
+        "rdp": max(r.rdp for r in mine),
+        "pld": max(r.pld for r in mine) if pld else None,
+        "remaining": None if ledger.budget is None else min(r.remaining for r in mine),
+        "rounds_left": fewest,
+        # exact if any subject with the fewest rounds left is exact
+        "rounds_left_at_least": fewest is not None and all(r.rounds_left_at_least for r in mine if r.rounds_left == fewest),
+        "subjects": len(mine),
+    }
 
 
 # ------------------------------------------------------------------ command

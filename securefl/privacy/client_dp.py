@@ -13,15 +13,11 @@ that fraction privately and moves ``S`` geometrically towards the target quantil
 from __future__ import annotations
 
 import math
-from typing import TYPE_CHECKING
 
 import torch
 
 from securefl.exceptions import ConfigValueError
 from securefl.privacy.noise import SecureRNG
-
-if TYPE_CHECKING:  # pragma: no cover
-    from securefl.config import DPConfig
 
 
 def clip_update(update: torch.Tensor, clip: float) -> tuple[torch.Tensor, float]:
@@ -29,18 +25,6 @@ def clip_update(update: torch.Tensor, clip: float) -> tuple[torch.Tensor, float]
     norm = float(update.double().norm())
     factor = min(1.0, clip / norm) if norm > 0 else 1.0
     return update * factor, norm
-
-
-def resolve_noise_multiplier(dp: "DPConfig", *, sample_rate: float, rounds: int) -> float:
-    """DP-FedAvg's noise multiplier z: ``dp.noise_multiplier``, or the one solved from
-    ``dp.epsilon`` over ``rounds`` rounds at client sampling rate ``sample_rate``.
-    Both the server (central noise) and the clients (distributed noise) call this."""
-    from securefl.privacy import accounting
-
-    if dp.noise_multiplier is not None:
-        return float(dp.noise_multiplier)
-    assert dp.epsilon is not None  # DPConfig requires one of the two under dp="client"
-    return float(accounting.solve_noise_multiplier(dp.epsilon, dp.delta, sample_rate, rounds, dp.accountant))
 
 
 def noisy_average(

@@ -14,7 +14,7 @@ Format version 2 binds every field that drives a privacy decision into the
 chain: the genesis hash is derived from the header's ``delta``, ``budget`` and
 ``accountant``, and every entry body repeats them, so editing any of them in the
 file is detected and named. Every field is also validated on load (finite, in
-range). The chain is unkeyed: it detects edits, not a forger who rewrites the
+range; :mod:`securefl.privacy.ledger_format`). The chain is unkeyed: it detects edits, not a forger who rewrites the
 whole file and recomputes every hash (``audit budget`` recomputes epsilons from
 the recorded runs, which catches forged epsilons but not a forged budget).
 """
@@ -35,25 +35,19 @@ import numpy as np
 from securefl._io import atomic_write_json
 from securefl.exceptions import AccountingError, BudgetExhaustedError, ConfigValueError, LedgerError
 from securefl.privacy import accounting
+from securefl.privacy.events import Mechanism
+from securefl.privacy.ledger_format import (
+    BOUND_FIELDS,
+    DEFAULT_DELTA,
+    FORMAT,
+    GENESIS_TAG,
+    HEADER_FIELDS,
+    VERSION,
+    check_entry,
+    header_problem,
+    run_problem,
+)
 
-FORMAT = "securefl-ledger"
-VERSION = 2
-GENESIS_TAG = b"securefl-ledger-v2"
-MECHANISMS = ("dp-sgd", "dp-fedavg")
-ACCOUNTANTS = ("prv", "rdp")
-DEFAULT_DELTA = 1e-5
-#: header fields that decide privacy: bound by the genesis hash and repeated in every entry
-BOUND_FIELDS = ("delta", "budget", "accountant")
-HEADER_FIELDS = frozenset({"format", "version", *BOUND_FIELDS, "entries"})
-EPSILON_FIELDS = frozenset({"prv", "prv_lower", "prv_estimate", "rdp"})
-ENTRY_FIELDS = frozenset(
-    {"seq", "subject", "round", "mechanism", "noise_multiplier", "sample_rate", "steps",
-     *BOUND_FIELDS, "epsilon", "time", "prev", "hash"}
-)  # fmt: skip
-#: a noise multiplier is 0 (no noise: infinite epsilon) or in this range (outside it
-#: the accountants' arithmetic under- or overflows)
-NOISE_MULTIPLIER_RANGE = (1e-6, 1e6)
-MAX_STEPS = 10**9  #: per entry
 #: the PRV accountant is not run on a grid larger than this (segments x points;
 #: about 200 bytes and 1 microsecond per point)
 MAX_PRV_GRID_POINTS = 2**24
@@ -69,88 +63,6 @@ def genesis(delta: float, budget: float | None, accountant: str) -> str:
     """The ``prev`` of entry 0: a hash of the header fields that drive privacy decisions."""
     header = {"delta": float(delta), "budget": None if budget is None else float(budget), "accountant": accountant}
     return hashlib.sha256(GENESIS_TAG + json.dumps(header, sort_keys=True, separators=(",", ":")).encode()).hexdigest()
-
-
-def _real(value: Any) -> float | None:
-    """``value`` as a float if it is a JSON number (not a bool), else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    try:
-        return float(value)
-    except OverflowError:  # an int beyond the float range
-        return math.inf
-
-
-def _header_problem(delta: Any, budget: Any, accountant: Any) -> tuple[str, Any, str] | None:
-    """``(field, value, reason)`` for the first invalid header value, or None."""
-    d = _real(delta)
-    if d is None or not math.isfinite(d) or not 0 < d < 1:
-        return "delta", delta, "must be a finite number in (0, 1)"
-    if budget is not None:
-        b = _real(budget)
-        if b is None or not math.isfinite(b) or b <= 0:
-            return "budget", budget, "must be a finite number > 0 or null"
-    if accountant not in ACCOUNTANTS:
-        return "accountant", accountant, f"must be one of {', '.join(ACCOUNTANTS)}"
-    return None
-
-
-def _run_problem(subject: Any, round: Any, mechanism: Any, noise_multiplier: Any, sample_rate: Any,
-                 steps: Any) -> tuple[str, Any, str] | None:
-    """``(field, value, reason)`` for the first invalid mechanism-run field, or None."""
-    if not isinstance(subject, str) or not subject:
-        return "subject", subject, "must be a non-empty string"
-    if isinstance(round, bool) or not isinstance(round, int):
-        return "round", round, "must be an integer"
-    if mechanism not in MECHANISMS:
-        return "mechanism", mechanism, f"must be one of {', '.join(MECHANISMS)}"
-    z = _real(noise_multiplier)
-    lo, hi = NOISE_MULTIPLIER_RANGE
-    if z is None or not (z == 0 or lo <= z <= hi):
-        return "noise_multiplier", noise_multiplier, f"must be 0 or a number in [{lo:g}, {hi:g}]"
-    q = _real(sample_rate)
-    if q is None or not 0 < q <= 1:
-        return "sample_rate", sample_rate, "must be a number in (0, 1]"
-    if isinstance(steps, bool) or not isinstance(steps, int) or not 1 <= steps <= MAX_STEPS:
-        return "steps", steps, f"must be an integer in [1, {MAX_STEPS}]"
-    return None
-
-
-def _check_entry(i: int, entry: Any) -> None:
-    """Raise :class:`LedgerError` naming the first missing, extra or invalid field of entry ``i``."""
-    if not isinstance(entry, dict):
-        raise LedgerError(f"entry {i}: not an object")
-    missing, extra = ENTRY_FIELDS - entry.keys(), entry.keys() - ENTRY_FIELDS
-    if missing or extra:
-        what = f"missing field {sorted(missing)[0]!r}" if missing else f"unexpected field {sorted(extra)[0]!r}"
-        raise LedgerError(f"entry {i}: {what}")
-    if isinstance(entry["seq"], bool) or entry["seq"] != i:
-        raise LedgerError(f"entry {i}: sequence number {entry['seq']!r} out of order")
-    for name in ("prev", "hash"):
-        if not isinstance(entry[name], str):
-            raise LedgerError(f"entry {i}: field {name!r} must be a hex digest, got {entry[name]!r}")
-    run = ("subject", "round", "mechanism", "noise_multiplier", "sample_rate", "steps")
-    bad = _run_problem(*(entry[k] for k in run))
-    if bad is None:
-        bad = _header_problem(entry["delta"], entry["budget"], entry["accountant"])
-    if bad is None:
-        t = _real(entry["time"])
-        if t is None or not math.isfinite(t):
-            bad = ("time", entry["time"], "must be a finite number")
-    if bad is None:
-        eps = entry["epsilon"]
-        if not isinstance(eps, dict) or eps.keys() != EPSILON_FIELDS:
-            bad = ("epsilon", eps, f"must be an object with exactly {', '.join(sorted(EPSILON_FIELDS))}")
-        else:
-            for key in sorted(EPSILON_FIELDS):
-                # +inf is the honest epsilon of a noiseless run (it only over-states spend); NaN is not
-                v = _real(eps[key])
-                if v is None or math.isnan(v) or v < 0:
-                    bad = (f"epsilon.{key}", eps[key], "must be a number >= 0")
-                    break
-    if bad is not None:
-        field, value, reason = bad
-        raise LedgerError(f"entry {i}: field {field!r} {reason}, got {value!r}")
 
 
 def prv_grid_points(history: Iterable[tuple[float, float, int]], delta: float, eps_error: float = 0.01) -> float:
@@ -204,7 +116,7 @@ class PrivacyLedger:
         self.path = Path(path) if path is not None else None
         self.entries: list[dict[str, Any]] = []
         given = {"delta": delta, "budget": budget, "accountant": accountant}
-        bad = _header_problem(
+        bad = header_problem(
             DEFAULT_DELTA if delta is None else delta, budget, "prv" if accountant is None else accountant
         )
         if bad is not None:
@@ -225,7 +137,7 @@ class PrivacyLedger:
             self.entries = other.entries
         delta = DEFAULT_DELTA if delta is None else delta
         accountant = "prv" if accountant is None else accountant
-        bad = _header_problem(delta, budget, accountant)
+        bad = header_problem(delta, budget, accountant)
         if bad is not None:
             raise ConfigValueError(*bad)
         self._delta = float(delta)
@@ -291,7 +203,7 @@ class PrivacyLedger:
         *,
         subject: str,
         round: int,
-        mechanism: str,
+        mechanism: Mechanism | str,
         noise_multiplier: float,
         sample_rate: float,
         steps: int,
@@ -301,12 +213,12 @@ class PrivacyLedger:
         run = {
             "subject": str(subject),
             "round": int(round),
-            "mechanism": mechanism,
+            "mechanism": mechanism.value if isinstance(mechanism, Mechanism) else mechanism,
             "noise_multiplier": float(noise_multiplier),
             "sample_rate": float(sample_rate),
             "steps": int(steps),
         }
-        bad = _run_problem(**run)
+        bad = run_problem(**run)
         if bad is not None:
             field, value, reason = bad
             raise LedgerError(f"cannot record {field}={value!r}: {reason}")
@@ -371,7 +283,7 @@ class PrivacyLedger:
             raise LedgerError(f"{path}: ledger field {sorted(missing)[0]!r} is missing")
         if extra:
             raise LedgerError(f"{path}: unexpected ledger field {sorted(extra)[0]!r}")
-        bad = _header_problem(data["delta"], data["budget"], data["accountant"])
+        bad = header_problem(data["delta"], data["budget"], data["accountant"])
         if bad is not None:
             field, value, reason = bad
             raise LedgerError(f"{path}: ledger field {field!r} {reason}, got {value!r}")
@@ -391,7 +303,7 @@ class PrivacyLedger:
         """Check every field, the hash chain, that the chain binds this ledger's
         ``delta``, ``budget`` and ``accountant``, and per-subject monotone epsilon."""
         for i, entry in enumerate(self.entries):
-            _check_entry(i, entry)
+            check_entry(i, entry)
             body = {k: v for k, v in entry.items() if k not in ("prev", "hash")}
             linked = i == 0 or entry["prev"] == self.entries[i - 1]["hash"]
             if not linked or entry["hash"] != _entry_hash(entry["prev"], body):

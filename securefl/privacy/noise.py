@@ -23,6 +23,8 @@ from cryptography.hazmat.primitives import hashes
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms
 from cryptography.hazmat.primitives.kdf.hkdf import HKDF
 
+from securefl.exceptions import RandomnessError
+
 _REKEY_BYTES = 1 << 34  # well below ChaCha20's 2^38-byte keystream per (key, nonce)
 
 
@@ -35,7 +37,7 @@ class SecureRNG:
             self.reproducible = False
         else:
             if not isinstance(key, (bytes, bytearray)) or len(key) != 32:
-                raise ValueError("key must be 32 bytes")
+                raise RandomnessError("key must be 32 bytes")
             self.reproducible = True
         self._rekey(bytes(key))
 
@@ -87,7 +89,7 @@ class SecureRNG:
     def below(self, bound: int) -> int:
         """A uniform integer in ``[0, bound)`` without modulo bias."""
         if bound <= 0:
-            raise ValueError("bound must be positive")
+            raise RandomnessError("bound must be positive")
         limit = (1 << 64) - ((1 << 64) % bound)
         while True:
             x = int(self.uint64(1)[0])
@@ -97,7 +99,7 @@ class SecureRNG:
     def sample(self, population: int, k: int) -> list[int]:
         """``k`` distinct integers from ``range(population)`` (partial Fisher-Yates)."""
         if not 0 <= k <= population:
-            raise ValueError("k must be between 0 and population")
+            raise RandomnessError("k must be between 0 and population")
         pool = list(range(population))
         for i in range(k):
             j = i + self.below(population - i)

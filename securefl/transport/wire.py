@@ -42,7 +42,7 @@ class Kind(enum.IntEnum):
     GLOBAL_MODEL = 1
     CLIENT_UPDATE = 2
     REFUSAL = 3
-    # CKKS aggregation (securefl.crypto.ckks), 10-19
+    # CKKS aggregation (securefl.protections.ckks), 10-19
     CKKS_HELLO = 10
     CKKS_ADVERT = 11
     CKKS_KEYGEN = 12

@@ -31,7 +31,7 @@ from securefl.aggregation.robust import (
 from securefl.config import RunConfig, ServerConfig
 from securefl.exceptions import AggregationError, ConfigValueError
 from securefl.models import build_model
-from securefl.protect import Plaintext
+from securefl.protections import Plaintext
 from securefl.server import SecureServer
 
 
@@ -174,13 +174,17 @@ def test_server_config_validates_new_fields():
         assert info.value.field == field
 
 
-def test_run_config_checks_n_against_f():
+def test_build_checks_n_against_f():
+    # the Byzantine bounds are aggregation maths: securefl.build.check applies them
+    # (config.py imports no component); build, Simulation and the CLI run it
+    from securefl.build import check
+
     with pytest.raises(ConfigValueError) as info:
-        RunConfig.from_flat({"clients": 20, "aggregator": "bulyan", "byzantine": 5})
+        check(RunConfig.from_flat({"clients": 20, "aggregator": "bulyan", "byzantine": 5}))
     assert info.value.field == "byzantine" and "4f+3" in info.value.reason and "n=20" in info.value.reason
-    RunConfig.from_flat({"clients": 20, "aggregator": "bulyan", "byzantine": 4})
+    check(RunConfig.from_flat({"clients": 20, "aggregator": "bulyan", "byzantine": 4}))
     with pytest.raises(ConfigValueError, match="2f\\+3"):
-        RunConfig.from_flat({"clients": 10, "fraction": 0.5, "aggregator": "krum", "byzantine": 2})
+        check(RunConfig.from_flat({"clients": 10, "fraction": 0.5, "aggregator": "krum", "byzantine": 2}))
 
 
 def test_client_dp_requires_mean():
@@ -215,7 +219,7 @@ def test_rules_needing_individual_updates_refused_under_protection(name):
 
 
 def test_protected_run_config_refuses_robust_aggregator():
-    from securefl.protect import PROTECTIONS
+    from securefl.protections import PROTECTIONS
     from securefl.simulation import Simulation
 
     hidden = [p for p in ("ckks", "secagg") if p in PROTECTIONS]

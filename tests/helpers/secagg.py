@@ -10,9 +10,9 @@ import torch
 from securefl.crypto.identity import Identity, Roster
 from securefl.crypto.replay import RoundGuard
 from securefl.crypto.secagg.common import SecAggSettings
-from securefl.crypto.secagg.protection import SecAggClientProtection, SecAggServerProtection
+from securefl.protections.secagg import SecAggClientProtection, SecAggServerProtection
 from securefl.privacy.noise import SecureRNG
-from securefl.protect import Exchange
+from securefl.protections import Exchange
 from securefl.transport import wire
 
 

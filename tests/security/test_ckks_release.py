@@ -15,10 +15,15 @@ import pytest
 import torch
 
 from securefl.config import RunConfig, ServerConfig
-from securefl.crypto import ckks, ckks_keys
+from securefl.crypto import ckks_keys
+from securefl.crypto.ckks_auth import Layout
 from securefl.crypto.hazmat import ckks as hz
+from securefl.crypto.hazmat import ckks_seal as hzs
 from securefl.crypto.identity import Identity, Roster
-from securefl.protect import Exchange
+from securefl.protections import Exchange
+from securefl.protections.ckks import CKKSSettings
+from securefl.protections.ckks_client import CKKSClient
+from securefl.protections.ckks_server import CKKSServer
 from securefl.server import SecureServer
 from securefl.transport import wire
 
@@ -28,9 +33,9 @@ DIM = 5
 class KeyHolder:
     """A client that 'trains' by returning a fixed update, one sealed ciphertext per round."""
 
-    def __init__(self, cid: str, settings: ckks.CKKSSettings, update: np.ndarray, identity=None, roster=None):
+    def __init__(self, cid: str, settings: CKKSSettings, update: np.ndarray, identity=None, roster=None):
         self.client_id = cid
-        self.protection = ckks.CKKSClient(client_id=cid, settings=settings, identity=identity, roster=roster)
+        self.protection = CKKSClient(client_id=cid, settings=settings, identity=identity, roster=roster)
         self.update = update
 
     def fit(self, message: bytes) -> bytes:
@@ -44,14 +49,14 @@ class KeyHolder:
 
 def federation(n=5, *, encryption="symmetric", min_clients=3, roster=True):
     params = hz.derive_params("small-model", max_summands=n, max_error=1e-3, encryption=encryption)
-    settings = ckks.CKKSSettings(params, 1.0, 1.0, min_clients)
+    settings = CKKSSettings(params, 1.0, 1.0, min_clients)
     ids = [Identity.generate(f"c{i}") for i in range(n)]
     pinned = Roster.of(ids) if roster else None
     updates = [np.full(DIM, 0.05 * (i + 1)) for i in range(n)]  # norms <= clip 1
     holders = [
         KeyHolder(f"c{i}", settings, updates[i], ids[i] if roster else None, pinned) for i in range(n)
     ]
-    half = ckks.CKKSServer(settings=settings, roster=pinned)
+    half = CKKSServer(settings=settings, roster=pinned)
     half.setup(holders, Exchange(0))
     server = SecureServer(torch.nn.Linear(DIM, 1, bias=False), config=ServerConfig(rounds=5), num_clients=n, protection=half)
     server._set_up = True
@@ -59,7 +64,7 @@ def federation(n=5, *, encryption="symmetric", min_clients=3, roster=True):
 
 
 def layout(half):
-    return ckks.Layout(DIM, (), len(half.key_holders))
+    return Layout(DIM, (), len(half.key_holders))
 
 
 def ciphertexts(server, half, holders, round_):
@@ -71,11 +76,11 @@ def ciphertexts(server, half, holders, round_):
 def combine(half, blobs, signs=None):
     acc = None
     for i, blob in enumerate(blobs):
-        t = hz.load_ciphertext(half.context, half.params, blob, layout(half).length)
+        t = hzs.load_ciphertext(half.context, half.params, blob, layout(half).length)
         if signs is not None and signs[i] < 0:
             t = -t
         acc = t if acc is None else acc + t
-    return hz.serialize(acc)
+    return hzs.serialize(acc)
 
 
 def ask(half, holders, round_, payload, to=None):
@@ -176,7 +181,7 @@ def test_fabricated_contributions_are_refused():
     for cid in ("c1", "c2"):
         vec = np.zeros(lay.length)
         vec[lay.participation.start + half.key_holders.index(cid)] = 1.0  # tags left at a guess of 0
-        fakes.append(hz.encrypt(half.context, half.params, vec))
+        fakes.append(hzs.encrypt(half.context, half.params, vec))
     reply = ask(half, holders, 1, combine(half, [cts["c0"], *fakes]))
     assert not released(reply) and "tags" in reply.header["reason"]
 
@@ -185,7 +190,7 @@ def test_server_cannot_lower_the_minimum():
     """min_clients is each key holder's own setting: the server's settings id does
     not carry it, and a server whose own floor is 1 still gets nothing."""
     server, half, holders = federation(min_clients=3)
-    lax = ckks.CKKSSettings(half.params, 1.0, 1.0, 2)
+    lax = CKKSSettings(half.params, 1.0, 1.0, 2)
     assert lax.settings_id == half.settings.settings_id
     cts = ciphertexts(server, half, holders, 1)
     assert not released(ask(half, holders, 1, combine(half, [cts["c0"], cts["c1"]])))
@@ -227,8 +232,8 @@ def _server_key_package(holders, half, victim, fingerprint_holders):
     from securefl.crypto import primitives as P
 
     sk, pk = P.x25519_keypair()
-    ctx = hz.new_secret_context(half.params)
-    secret = hz.secret_context_bytes(ctx, half.params)
+    ctx = hzs.new_secret_context(half.params)
+    secret = hzs.secret_context_bytes(ctx, half.params)
     package = ckks_keys.pack(secret, b"k" * 32, "c0", tuple(fingerprint_holders))
     sealed = ckks_keys.seal_package(sk, victim.protection.public_key, half.settings.settings_id, "c0", victim.client_id, package)
     fp = ckks_keys.fingerprint(secret, b"k" * 32, "c0", tuple(fingerprint_holders))
@@ -251,11 +256,11 @@ def test_key_substitution_after_set_up_is_refused(roster):
 def test_first_set_up_with_a_roster_refuses_a_server_made_generator_and_sybil_peers():
     n = 4
     params = hz.derive_params("small-model", max_summands=n, max_error=1e-3)
-    settings = ckks.CKKSSettings(params, 1.0, 1.0, 3)
+    settings = CKKSSettings(params, 1.0, 1.0, 3)
     ids = [Identity.generate(f"c{i}") for i in range(n)]
     roster = Roster.of(ids)
     holders = [KeyHolder(f"c{i}", settings, np.zeros(DIM), ids[i], roster) for i in range(n)]
-    half = ckks.CKKSServer(settings=settings)
+    half = CKKSServer(settings=settings)
     # the server stands in for the generator at the victim's first set-up
     with pytest.raises(Exception, match="not signed by its pinned identity"):
         holders[3].handle(_server_key_package(holders, half, holders[3], ["c0", "c3"]))

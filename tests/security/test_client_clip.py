@@ -17,7 +17,7 @@ import torch
 from securefl import DPConfig, RunConfig, SecureClient, Simulation
 from securefl.exceptions import ProtocolError
 from securefl.models import build_model, get_flat
-from securefl.protect import Plaintext
+from securefl.protections import Plaintext
 from securefl.transport import wire
 
 OWN_CLIP = 0.1

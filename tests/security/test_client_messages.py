@@ -16,7 +16,7 @@ import torch
 
 from securefl import DPConfig, RunConfig, SecureClient, Simulation
 from securefl.models import build_model, get_flat
-from securefl.protect import ClientProtection, Plaintext
+from securefl.protections import ClientProtection, Plaintext
 from securefl.transport import wire
 
 MODES: dict[str, DPConfig] = {

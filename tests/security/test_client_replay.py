@@ -16,7 +16,7 @@ from securefl import DPConfig, PrivacyLedger, RunConfig, SecureClient, Simulatio
 from securefl.crypto.replay import RoundGuard
 from securefl.exceptions import ReplayError
 from securefl.models import build_model, get_flat
-from securefl.protect import PROTECTIONS, Plaintext, ProtectionSpec
+from securefl.protections import PROTECTIONS, Plaintext, ProtectionSpec
 from securefl.transport import wire
 
 DP = DPConfig(dp="sample", noise_multiplier=1.0)

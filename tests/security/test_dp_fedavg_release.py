@@ -20,7 +20,7 @@ import torch
 from securefl import DPConfig, RunConfig, SecureServer, ServerConfig, Simulation
 from securefl.exceptions import BudgetExhaustedError, ClientDropout
 from securefl.privacy.noise import SecureRNG
-from securefl.protect import Plaintext
+from securefl.protections import Plaintext
 from securefl.server import CONTRACT_KEYS
 from securefl.transport import wire
 

@@ -14,10 +14,11 @@ import numpy as np
 from securefl.config import RunConfig
 from securefl.crypto import shamir
 from securefl.crypto.identity import Identity, Roster
-from securefl.crypto.secagg.protection import client_factory, server_factory, settings_from_config
+from securefl.build import secagg_settings as settings_from_config
+from securefl.protections import PROTECTIONS
 from securefl.privacy.noise import SecureRNG
 from securefl.transport import wire
-from tests.crypto.secagg.harness import FakeClient, RecordingExchange, global_model
+from tests.helpers.secagg import FakeClient, RecordingExchange, global_model
 
 DIM = 64
 N = 4
@@ -45,11 +46,11 @@ def _run(cfg: RunConfig, inputs: list[np.ndarray], rngs: list[SecureRNG] | None 
             i.client_id,
             settings_from_config(cfg),
             x,
-            protection=client_factory(cfg, i.client_id, rngs[k], identity=i, roster=roster),
+            protection=PROTECTIONS["secagg"].client(settings_from_config(cfg), i.client_id, rngs[k], identity=i, roster=roster),
         )
         for k, (i, x) in enumerate(zip(ids, inputs))
     ]
-    server = server_factory(cfg, SecureRNG.from_seed(SEED, "protect-server"), roster=roster)
+    server = PROTECTIONS["secagg"].server(settings_from_config(cfg), SecureRNG.from_seed(SEED, "protect-server"), roster=roster)
     ex = RecordingExchange(1)
     server.aggregate(clients, global_model(1, DIM), DIM, ex)
     return clients, server, ex

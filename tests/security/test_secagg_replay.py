@@ -15,7 +15,7 @@ from securefl.crypto.secagg.common import SecAggSettings
 from securefl.crypto.secagg.server import SecAggServer
 from securefl.exceptions import ReplayError
 from securefl.transport import wire
-from tests.crypto.secagg.harness import RecordingExchange, federation, global_model
+from tests.helpers.secagg import RecordingExchange, federation, global_model
 
 DIM = 5
 SETTINGS = [

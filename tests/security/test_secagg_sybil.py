@@ -16,12 +16,13 @@ from securefl.crypto import primitives as P
 from securefl.crypto.identity import Identity, Roster
 from securefl.crypto.secagg.client import SecAggClient
 from securefl.crypto.secagg.common import SecAggSettings, b64
-from securefl.crypto.secagg.protection import SecAggClientProtection, settings_from_config
+from securefl.build import secagg_settings as settings_from_config
+from securefl.protections.secagg import SecAggClientProtection
 from securefl.crypto.secagg.server import SecAggServer
 from securefl.exceptions import ConfigValueError, ProtocolError
 from securefl.privacy.noise import SecureRNG
 from securefl.transport import wire
-from tests.crypto.secagg.harness import FakeClient, RecordingExchange, federation, global_model
+from tests.helpers.secagg import FakeClient, RecordingExchange, federation, global_model
 
 DIM = 6
 MAL = SecAggSettings(clip=1.0, max_weight=1.0, threshold=0.7, malicious=True, min_clients=3)

@@ -31,10 +31,10 @@ from dataclasses import dataclass, field as dc_field
 from typing import Any, Callable, Mapping
 
 import numpy as np
-import torch
 
 from securefl.crypto import primitives as P
 from securefl.crypto import shamir
+from securefl.crypto.encoding import b64, unb64
 from securefl.crypto.identity import Identity, Roster
 from securefl.crypto.quantize import FixedPoint
 from securefl.crypto.replay import RoundGuard
@@ -42,16 +42,16 @@ from securefl.crypto.secagg.common import (
     SecAggSettings,
     advert_transcript,
     check_party,
-    b64,
     channel_info,
+    clip_input,
     distributed_noise_stddev,
+    encode_with_noise,
     field,
     id_list,
     pair_info,
     pair_mask_info,
     self_mask_info,
     survivors_transcript,
-    unb64,
 )
 from securefl.exceptions import ConfigValueError, ProtocolError
 from securefl.transport import wire
@@ -246,9 +246,8 @@ class SecAggClient:
             if v == self.client_id:
                 st.own_b, st.own_sk = sb, ss
                 continue
-            key = P.agree(st.c_sk, st.peers[v][0], channel_info(st.round))
             ad = P.associated_data(st.round, self.client_id, v)
-            out[v] = b64(P.seal(key, sb.to_bytes() + ss.to_bytes(), ad))
+            out[v] = b64(P.wrap(st.c_sk, st.peers[v][0], channel_info(st.round), sb.to_bytes() + ss.to_bytes(), ad))
         st.stage = _SHARED
         return self._reply(wire.Kind.SECAGG_SHARES, st.round, {"shares": out})
 
@@ -274,8 +273,8 @@ class SecAggClient:
             )
         my_x = st.roster.index(self.client_id) + 1
         for v in maskers:
-            key = P.agree(st.c_sk, st.peers[v][0], channel_info(st.round))
-            plain = P.open_(key, unb64(cts[v], "ciphertext"), P.associated_data(st.round, v, self.client_id))
+            ad = P.associated_data(st.round, v, self.client_id)
+            plain = P.unwrap(st.c_sk, st.peers[v][0], channel_info(st.round), unb64(cts[v], "ciphertext"), ad)
             sb = shamir.Share.from_bytes(plain[:70])
             ss = shamir.Share.from_bytes(plain[70:])
             if sb.x != my_x or ss.x != my_x:
@@ -283,22 +282,6 @@ class SecAggClient:
             st.held[v] = (sb, ss)
         st.maskers = sorted(maskers)
         st.stage = _READY
-
-    def _clip(self, values: np.ndarray, weight: float) -> tuple[np.ndarray, int]:
-        """Clip to this client's own bounds: each coordinate to ``+-weight * clip``
-        (counted), and under distributed DP the L2 norm to ``clip`` too, so the noise
-        share is calibrated to the sensitivity whatever clip the server announced."""
-        v = np.asarray(values, dtype=np.float64)
-        if not np.isfinite(v).all():
-            raise ProtocolError("update contains NaN or infinity")
-        if self.settings.noise_multiplier > 0:
-            norm = float(np.linalg.norm(v))
-            if norm > self.settings.clip:
-                v = v * (self.settings.clip / norm)
-        limit = weight * self.settings.clip
-        over = np.abs(v) > limit
-        saturated = int(over.sum())
-        return (np.clip(v, -limit, limit) if saturated else v), saturated
 
     def masked_input(self, values: np.ndarray, weight: float, aux: Mapping[str, float], header: Mapping[str, Any]) -> bytes:
         """Encode ``values`` (= n_k * Delta_k) and the auxiliary counters, add this
@@ -312,19 +295,12 @@ class SecAggClient:
         extra = np.array([float(aux[k]) for k in keys], dtype=np.float64)
         if np.any(~np.isfinite(extra)) or np.any(np.abs(extra) > self.settings.bound):
             raise ProtocolError(f"auxiliary counters {dict(aux)} exceed the encoding bound {self.settings.bound:g}")
-        v, saturated = self._clip(values, weight)
+        v, saturated = clip_input(self.settings, values, weight)
         codec = st.codec
-        values = codec.encode(np.concatenate([v, extra])).values  # rounding coins from os.urandom
         # sigma from this client's own settings and threshold only; nothing the server sends lowers it
         sigma = distributed_noise_stddev(self.settings, dim=v.size, threshold=st.threshold, resolution=codec.resolution)
         self.last_noise_stddev = sigma
-        if sigma > 0:
-            # this client's share of the DP noise, on the grid, before any mask: the
-            # only draw from the (possibly seeded) noise generator
-            noise = self._noise_rng.normal((v.size,), sigma / codec.resolution, dtype=torch.float64).numpy()
-            signed = codec.signed(values)
-            signed[: v.size] += np.rint(noise).astype(np.int64)
-            values = codec.wrap(signed)
+        values = encode_with_noise(codec, v, extra, sigma, self._noise_rng)
         vec = np.concatenate([values, codec.wrap(np.array([saturated]))]).astype(codec.dtype)
         self.last_saturated = saturated
         P.add_mask(vec, st.seed, self_mask_info(st.round, self.client_id))

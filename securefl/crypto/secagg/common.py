@@ -9,11 +9,15 @@ import struct
 from dataclasses import dataclass
 from typing import Any, Iterable
 
+import numpy as np
+import torch
+
 from securefl.crypto.encoding import b64, unb64
 from securefl.crypto.identity import Identity, Roster
 from securefl.crypto.quantize import FixedPoint
 from securefl.crypto.secagg.graph import recommended_neighbors, share_threshold
 from securefl.exceptions import ConfigTypeError, ConfigValueError, ProtocolError
+from securefl.validators import is_int, is_number
 
 
 @dataclass(frozen=True)
@@ -53,19 +57,19 @@ class SecAggSettings:
     def __post_init__(self) -> None:
         for name in ("clip", "max_weight", "threshold"):
             v = getattr(self, name)
-            if isinstance(v, bool) or not isinstance(v, (int, float)):
+            if not is_number(v):
                 raise ConfigTypeError(f"secagg_{name}", v, "must be a number")
         if not 0 < self.clip < float("inf"):
             raise ConfigValueError("secagg_clip", self.clip, "must be positive and finite")
         if not 1 <= self.max_weight < float("inf"):
             raise ConfigValueError("secagg_max_weight", self.max_weight, "must be >= 1 and finite")
-        if isinstance(self.bits, bool) or not isinstance(self.bits, int):
+        if not is_int(self.bits):
             raise ConfigTypeError("secagg_bits", self.bits, "must be an integer")
         if self.bits not in (32, 64):
             raise ConfigValueError("secagg_bits", self.bits, "must be 32 or 64")
         if not 0.5 < self.threshold <= 1:
             raise ConfigValueError("secagg_threshold", self.threshold, "must be in (0.5, 1]")
-        if isinstance(self.neighbors, bool) or not isinstance(self.neighbors, int):
+        if not is_int(self.neighbors):
             raise ConfigTypeError("secagg_neighbors", self.neighbors, "must be an integer")
         if self.neighbors < -1 or (self.neighbors > 0 and (self.neighbors < 2 or self.neighbors % 2)):
             raise ConfigValueError(
@@ -73,7 +77,7 @@ class SecAggSettings:
             )
         if not isinstance(self.malicious, bool):
             raise ConfigTypeError("secagg_malicious", self.malicious, "must be true or false")
-        if isinstance(self.noise_multiplier, bool) or not isinstance(self.noise_multiplier, (int, float)):
+        if not is_number(self.noise_multiplier):
             raise ConfigTypeError("noise_multiplier", self.noise_multiplier, "must be a number")
         if not 0 <= self.noise_multiplier < float("inf"):
             raise ConfigValueError("noise_multiplier", self.noise_multiplier, "must be >= 0 and finite")
@@ -81,7 +85,7 @@ class SecAggSettings:
             raise ConfigValueError(
                 "secagg_max_weight", self.max_weight, "distributed DP calibrates to unit-weight updates (dp='client'): must be 1"
             )
-        if isinstance(self.min_clients, bool) or not isinstance(self.min_clients, int):
+        if not is_int(self.min_clients):
             raise ConfigTypeError("min_clients", self.min_clients, "must be an integer")
         if self.min_clients < 2:
             raise ConfigValueError("min_clients", self.min_clients, "must be >= 2")
@@ -193,6 +197,35 @@ def distributed_noise_stddev(settings: SecAggSettings, *, dim: int, threshold: i
         return 0.0
     sensitivity = settings.clip + math.sqrt(dim) * resolution
     return settings.noise_multiplier * sensitivity / math.sqrt(threshold)
+
+
+def clip_input(settings: SecAggSettings, values: Any, weight: float) -> tuple[np.ndarray, int]:
+    """Clip to a client's own bounds: each coordinate to ``+-weight * clip``
+    (counted), and under distributed DP the L2 norm to ``clip`` too, so the noise
+    share is calibrated to the sensitivity whatever clip the server announced."""
+    v = np.asarray(values, dtype=np.float64)
+    if not np.isfinite(v).all():
+        raise ProtocolError("update contains NaN or infinity")
+    if settings.noise_multiplier > 0:
+        norm = float(np.linalg.norm(v))
+        if norm > settings.clip:
+            v = v * (settings.clip / norm)
+    limit = weight * settings.clip
+    saturated = int((np.abs(v) > limit).sum())
+    return (np.clip(v, -limit, limit) if saturated else v), saturated
+
+
+def encode_with_noise(codec: FixedPoint, v: np.ndarray, extra: np.ndarray, sigma: float, rng: Any) -> np.ndarray:
+    """Encode ``v`` and the counters ``extra`` into the ring (rounding coins from
+    os.urandom) and add a DP noise share of std ``sigma`` to ``v``'s coordinates,
+    on the grid, before any mask: the only draw from the (possibly seeded) ``rng``."""
+    values = codec.encode(np.concatenate([v, extra])).values
+    if sigma > 0:
+        noise = rng.normal((v.size,), sigma / codec.resolution, dtype=torch.float64).numpy()
+        signed = codec.signed(values)
+        signed[: v.size] += np.rint(noise).astype(np.int64)
+        values = codec.wrap(signed)
+    return values
 
 
 def check_party(client_id: str, settings: SecAggSettings, identity: Identity | None, roster: Roster | None) -> None:

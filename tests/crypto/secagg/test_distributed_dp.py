@@ -12,7 +12,7 @@ from securefl.config import RunConfig
 from securefl.crypto.secagg.common import SecAggSettings, distributed_noise_stddev
 from securefl.exceptions import ConfigValueError
 
-from .harness import RecordingExchange, federation, global_model
+from tests.helpers.secagg import RecordingExchange, federation, global_model
 
 DIM = 20_000
 Z, S = 1.5, 0.5
@@ -128,7 +128,7 @@ def test_cli_flag_bad_combination_exits_2(capsys):
 def test_federation_with_distributed_dp_adds_no_central_noise(monkeypatch):
     """The server's own noise call gets z = 0; the accountant still charges z, so the
     privacy spend equals the central-noise run's."""
-    import securefl.server as server_mod
+    import securefl.aggregation.dp as server_mod  # DP-FedAvg wraps the server's aggregation
     from securefl.simulation import Simulation
 
     calls = []

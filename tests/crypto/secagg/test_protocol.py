@@ -10,7 +10,7 @@ from securefl.crypto.secagg.common import SecAggSettings, b64
 from securefl.exceptions import ProtocolError, SecAggAbortError
 from securefl.transport import wire
 
-from .harness import RecordingExchange, federation, global_model
+from tests.helpers.secagg import RecordingExchange, federation, global_model
 
 DIM = 7
 

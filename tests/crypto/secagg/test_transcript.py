@@ -10,7 +10,7 @@ from securefl.crypto import shamir
 from securefl.crypto.secagg.common import SecAggSettings, self_mask_info, unb64
 from securefl.transport import wire
 
-from .harness import RecordingExchange, federation, global_model
+from tests.helpers.secagg import RecordingExchange, federation, global_model
 
 DIM = 20_000
 

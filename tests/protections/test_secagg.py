@@ -7,15 +7,16 @@ import pytest
 import torch
 
 from securefl import RunConfig, Simulation
+from securefl.build import check, secagg_settings
 from securefl.cli import main
 from securefl.config import ServerConfig
 from securefl.crypto.identity import Identity, Roster
 from securefl.crypto.secagg.common import SecAggSettings
 from securefl.exceptions import ConfigValueError
-from securefl.protect import PROTECTIONS
+from securefl.protections import PROTECTIONS
 from securefl.server import SecureServer
 
-from .harness import federation
+from tests.helpers.secagg import federation
 
 
 
@@ -58,21 +59,22 @@ def test_too_few_survivors_abort_round_and_keep_model():
 
 def test_factory_registered_and_validates_settings():
     assert "secagg" in PROTECTIONS
+    # factories take the protection's own settings, derived from a RunConfig by securefl.build
     cfg = small("secagg", secagg_neighbors=2, secagg_threshold=0.7)
-    prot = PROTECTIONS["secagg"].server(cfg, None)
+    prot = PROTECTIONS["secagg"].server(secagg_settings(cfg), None)
     assert prot.stages == 4 and prot.settings.neighbors == 2
-    malicious = small("secagg", secagg_malicious=True, secagg_threshold=0.8)
+    malicious = secagg_settings(small("secagg", secagg_malicious=True, secagg_threshold=0.8))
     roster = Roster.of(Identity.generate(f"client-{k}") for k in range(5))
     assert PROTECTIONS["secagg"].server(malicious, None, roster=roster).stages == 5
     with pytest.raises(ConfigValueError, match="roster"):  # the malicious option needs pinned keys
         PROTECTIONS["secagg"].server(malicious, None)
     with pytest.raises(ConfigValueError, match="2/3"):
-        small("secagg", secagg_malicious=True)
+        check(small("secagg", secagg_malicious=True))
     with pytest.raises(ConfigValueError) as info:
-        PROTECTIONS["secagg"].server(small("secagg", secagg_max_weight=1e9), None)
+        secagg_settings(small("secagg", secagg_max_weight=1e9))
     assert info.value.field == "secagg_bits"
     with pytest.raises(ConfigValueError, match="secagg_neighbors"):
-        small("secagg", secagg_neighbors=3)
+        check(small("secagg", secagg_neighbors=3))
 
 
 @pytest.mark.parametrize(

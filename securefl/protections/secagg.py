@@ -3,20 +3,21 @@
 The client half answers the stage messages (:meth:`SecAggClientProtection.handle`)
 and masks its weighted update in :meth:`~SecAggClientProtection.seal`, called by
 :meth:`securefl.client.SecureClient.fit` after local training. The server half
-drives the stages over the round's :class:`~securefl.protect.Exchange` and returns
-only the unmasked sum: ``sum n_k * Delta_k`` and ``sum n_k`` (weighted FedAvg),
-plus the summed count of clipped coordinates.
+drives the stages over the round's :class:`~securefl.protections.base.Exchange` and
+returns only the unmasked sum: ``sum n_k * Delta_k`` and ``sum n_k`` (weighted
+FedAvg), plus the summed count of clipped coordinates. The protocol itself (who
+sends what, and the checks) is the state machines of :mod:`securefl.crypto.secagg`.
 
-Who is who: with ``secagg_malicious`` both halves need the federation's
+Who is who: with ``malicious`` settings both halves need the federation's
 :class:`~securefl.crypto.identity.Roster` (verification keys pinned out of band) and
 each client its own :class:`~securefl.crypto.identity.Identity`; the server relays
-no keys of its own. The ``rng`` a factory receives is for the distributed-DP noise
-share only; everything else is drawn from the OS CSPRNG.
+no keys of its own. The ``rng`` the client half receives is for the distributed-DP
+noise share only; everything else is drawn from the OS CSPRNG.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any, Callable, Sequence
+from typing import Any, Callable, Sequence
 
 import torch
 
@@ -26,44 +27,10 @@ from securefl.crypto.secagg.client import SecAggClient
 from securefl.crypto.secagg.common import SecAggSettings, distributed_noise_stddev
 from securefl.crypto.secagg.server import SecAggResult, SecAggServer
 from securefl.exceptions import ConfigTypeError, ConfigValueError
-from securefl.privacy.client_dp import resolve_noise_multiplier
-from securefl.protect import AggregateInput, ClientLike, ClientProtection, Exchange, ServerProtection
+from securefl.protections.base import AggregateInput, ClientLike, ClientProtection, Exchange, ServerProtection
 from securefl.transport import wire
 
-if TYPE_CHECKING:  # pragma: no cover
-    from securefl.config import RunConfig
-
-
-def settings_from_config(config: "RunConfig") -> SecAggSettings:
-    """The ``secagg_*`` fields of a run. Under client-level DP each update has L2
-    norm at most ``clip`` and weight 1, so that clip bounds every coordinate exactly
-    (with adaptive clipping the clip moves: the larger of it and ``secagg_clip``).
-    ``min_clients`` above the federation size could never be met: refused here."""
-    p = config.protection
-    client_dp = config.dp.dp == "client"
-    clip = p.secagg_clip
-    if client_dp:
-        clip = max(float(config.dp.clip), p.secagg_clip) if config.dp.adaptive_clip else float(config.dp.clip)
-    settings = SecAggSettings(
-        clip=clip,
-        max_weight=1.0 if client_dp else p.secagg_max_weight,
-        bits=p.secagg_bits,
-        threshold=p.secagg_threshold,
-        neighbors=p.secagg_neighbors,
-        malicious=p.secagg_malicious,
-        noise_multiplier=(
-            resolve_noise_multiplier(config.dp, sample_rate=config.server.fraction, rounds=config.server.rounds)
-            if p.secagg_distributed_dp
-            else 0.0
-        ),
-        min_clients=p.min_clients,
-    )
-    if p.min_clients > config.clients:
-        raise ConfigValueError(
-            "min_clients", p.min_clients, f"exceeds the federation's {config.clients} clients; no round could release a sum"
-        )
-    settings.codec(config.clients)  # the largest round must fit the ring (ConfigValueError otherwise)
-    return settings
+__all__ = ["SecAggClientProtection", "SecAggServerProtection"]
 
 
 class SecAggClientProtection(ClientProtection):
@@ -173,25 +140,3 @@ class SecAggServerProtection(ServerProtection):
             headers=server.headers,
             stats=stats,
         )
-
-
-def client_factory(
-    config: "RunConfig",
-    client_id: str,
-    rng: Any,
-    *,
-    identity: Identity | None = None,
-    roster: Roster | None = None,
-    guard: RoundGuard | None = None,
-) -> SecAggClientProtection:
-    """The client half; ``rng`` draws the distributed-DP noise share and nothing else."""
-    return SecAggClientProtection(
-        client_id=client_id, settings=settings_from_config(config), rng=rng, identity=identity, roster=roster, guard=guard
-    )
-
-
-def server_factory(config: "RunConfig", rng: Any, *, roster: Roster | None = None) -> SecAggServerProtection:
-    """The server half; it draws no noise (``rng`` is unused: the SecAgg+ graph comes
-    from the OS CSPRNG)."""
-    del rng
-    return SecAggServerProtection(settings=settings_from_config(config), roster=roster)

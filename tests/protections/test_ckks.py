@@ -6,11 +6,16 @@ import numpy as np
 import pytest
 import torch
 
+from securefl.build import check, ckks_params
 from securefl.config import RunConfig, ServerConfig
-from securefl.crypto import ckks
+from securefl.crypto.ckks_auth import Layout
 from securefl.crypto.hazmat import ckks as hz
+from securefl.crypto.hazmat import ckks_seal as hzs
 from securefl.exceptions import CKKSParameterError, CiphertextRejectedError, ClientDropout, ConfigValueError
-from securefl.protect import PROTECTIONS, Exchange
+from securefl.protections import PROTECTIONS, Exchange
+from securefl.protections.ckks import CKKSSettings
+from securefl.protections.ckks_client import CKKSClient
+from securefl.protections.ckks_server import CKKSServer
 from securefl.server import SecureServer
 from securefl.transport import wire
 
@@ -19,9 +24,9 @@ from securefl.transport import wire
 class FakeClient:
     """A key holder that 'trains' by returning a fixed update (no model)."""
 
-    def __init__(self, cid: str, settings: ckks.CKKSSettings, update: np.ndarray, weight: float = 1.0):
+    def __init__(self, cid: str, settings: CKKSSettings, update: np.ndarray, weight: float = 1.0):
         self.client_id = cid
-        self.protection = ckks.CKKSClient(client_id=cid, settings=settings)
+        self.protection = CKKSClient(client_id=cid, settings=settings)
         self.update = np.asarray(update, dtype=np.float64)
         self.weight = weight
         self.tamper = None  # bytes -> bytes, applied to the sealed update
@@ -43,13 +48,13 @@ def settings_for(
     clients: int, *, clip: float = 1.0, max_weight: float = 1.0, preset: str = "small-model", min_clients=None, **kw
 ):
     params = hz.derive_params(preset, max_summands=clients, max_error=1e-3, **kw)
-    return ckks.CKKSSettings(params, clip, max_weight, min_clients or min(3, clients))
+    return CKKSSettings(params, clip, max_weight, min_clients or min(3, clients))
 
 
 def federation(updates, settings, weights=None):
     dim = len(updates[0])
     model = torch.nn.Linear(dim, 1, bias=False)  # dim parameters
-    server_half = ckks.CKKSServer(settings=settings)
+    server_half = CKKSServer(settings=settings)
     server = SecureServer(model, config=ServerConfig(rounds=1), num_clients=len(updates), protection=server_half)
     weights = weights or [1.0] * len(updates)
     clients = [FakeClient(f"c{i}", settings, u, w) for i, (u, w) in enumerate(zip(updates, weights))]
@@ -76,16 +81,16 @@ def test_server_context_cannot_decrypt(encryption):
     # every client installed the same key set, and only clients hold it
     assert all(c.protection.ready and c.protection.fingerprint == half.fingerprint for c in clients)
     sealed = clients[0].fit(server.global_message(1))
-    tensor = hz.load_ciphertext(half.context, half.params, wire.decode(sealed).payload, ckks.Layout(6, (), 3).length)
+    tensor = hzs.load_ciphertext(half.context, half.params, wire.decode(sealed).payload, Layout(6, (), 3).length)
     with pytest.raises(ValueError, match="secret"):
-        hz.decrypt(half.context, half.params, tensor, ckks.Layout(6, (), 3).length)
+        hzs.decrypt(half.context, half.params, tensor, Layout(6, (), 3).length)
     if encryption != "seeded":
         with pytest.raises(ValueError, match="secret"):
             tensor.decrypt()  # TenSEAL's own refusal
     # the server's serialized context reloads without a secret key as well
-    assert not hz.load_context(half.public_context, half.params).is_private()
+    assert not hzs.load_context(half.public_context, half.params).is_private()
     # the key holder can
-    plain = hz.decrypt(clients[1].protection._keys.context, half.params, tensor, ckks.Layout(6, (), 3).length)
+    plain = hzs.decrypt(clients[1].protection._keys.context, half.params, tensor, Layout(6, (), 3).length)
     assert np.allclose(plain[:6], updates[0], atol=1e-4)
 
 
@@ -94,7 +99,7 @@ def test_key_delivery_is_authenticated():
 
     settings = settings_for(2)
     sid = settings.settings_id
-    a, b = (ckks.CKKSClient(client_id=c, settings=settings) for c in ("a", "b"))
+    a, b = (CKKSClient(client_id=c, settings=settings) for c in ("a", "b"))
     package = b"secret context bytes"
     sealed = ckks_keys.seal_package(a._x25519, b.public_key, sid, "a", "b", package)
     assert package not in sealed
@@ -149,15 +154,15 @@ def test_extreme_sums_at_max_clients_do_not_wrap(sign, encryption):
 
 def test_hazmat_all_ones_at_max_summands_and_wrap_without_headroom():
     params = hz.derive_params("small-model", max_summands=100, max_error=1e-3)
-    ctx = hz.new_secret_context(params)
-    pub = hz.load_context(hz.public_context_bytes(ctx, params), params)
+    ctx = hzs.new_secret_context(params)
+    pub = hzs.load_context(hzs.public_context_bytes(ctx, params), params)
     ones = np.ones(params.slots)
     for value in (1.0, -1.0):
-        blob = hz.encrypt(ctx, params, value * ones)
-        acc = hz.load_ciphertext(pub, params, blob, params.slots)
+        blob = hzs.encrypt(ctx, params, value * ones)
+        acc = hzs.load_ciphertext(pub, params, blob, params.slots)
         for _ in range(99):
-            acc += hz.load_ciphertext(pub, params, hz.encrypt(ctx, params, value * ones), params.slots)
-        out = hz.decrypt(ctx, params, acc, params.slots)
+            acc += hzs.load_ciphertext(pub, params, hzs.encrypt(ctx, params, value * ones), params.slots)
+        out = hzs.decrypt(ctx, params, acc, params.slots)
         assert np.abs(out - 100 * value).max() < 1e-3
     # one bit less headroom is refused at construction: 100 all-ones would wrap
     with pytest.raises(CKKSParameterError, match="wrap"):
@@ -225,14 +230,14 @@ def test_small_additive_tampering_fails_the_tags():
     server, half, clients = _three_clients()
     half.setup(clients, Exchange(0))
     server._set_up = True
-    shift = np.zeros(ckks.Layout(4, (), 3).length)
+    shift = np.zeros(Layout(4, (), 3).length)
     shift[0] = 0.05
-    forged = hz.encrypt(clients[0].protection._keys.context, half.params, shift)
+    forged = hzs.encrypt(clients[0].protection._keys.context, half.params, shift)
 
     def add_shift(sealed):
-        mine = hz.load_ciphertext(half.context, half.params, wire.decode(sealed).payload, len(shift))
-        mine += hz.load_ciphertext(half.context, half.params, forged, len(shift))
-        return retag(sealed, hz.serialize(mine))
+        mine = hzs.load_ciphertext(half.context, half.params, wire.decode(sealed).payload, len(shift))
+        mine += hzs.load_ciphertext(half.context, half.params, forged, len(shift))
+        return retag(sealed, hzs.serialize(mine))
 
     clients[1].tamper = add_shift
     res = _run_and_check_aborted(server, clients, "rejected the aggregate")
@@ -283,12 +288,12 @@ def test_designated_decryptor_dropping_aborts_and_no_other_holder_decrypts():
     sealed = [c.fit(server.global_message(1)) for c in clients]
     acc = None
     for raw in sealed:
-        t = hz.load_ciphertext(half.context, half.params, wire.decode(raw).payload, ckks.Layout(4, (), 3).length)
+        t = hzs.load_ciphertext(half.context, half.params, wire.decode(raw).payload, Layout(4, (), 3).length)
         acc = t if acc is None else acc + t
     request = wire.encode(
         wire.Kind.CKKS_DECRYPT,
         {"settings": half.settings.settings_id, "round": 1, "dim": 4, "aux_keys": []},
-        hz.serialize(acc),
+        hzs.serialize(acc),
     )
     for c in clients:
         if c.client_id != designated:
@@ -324,15 +329,17 @@ def test_preset_validation_errors():
             assert sum(p.coeff_mod_bit_sizes) <= hz.HE_STANDARD_128[preset.poly_modulus_degree]
 
 
-def test_run_config_validates_ckks_at_construction():
+def test_build_check_validates_ckks_before_anything_runs():
+    # the CKKS maths are the protection's: config.py imports none of it, so
+    # securefl.build.check (run by build, Simulation and the CLI) validates them
     with pytest.raises(CKKSParameterError) as info:
-        RunConfig.from_flat({"protect": "ckks", "clients": 50, "ckks_max_error": 1e-9})
+        check(RunConfig.from_flat({"protect": "ckks", "clients": 50, "ckks_max_error": 1e-9}))
     assert info.value.field == "ckks_preset"
     with pytest.raises(ConfigValueError) as info:
-        RunConfig.from_flat({"protect": "ckks", "ckks_encryption": "quantum"})
+        check(RunConfig.from_flat({"protect": "ckks", "ckks_encryption": "quantum"}))
     assert info.value.field == "ckks_encryption"
     cfg = RunConfig.from_flat({"protect": "ckks", "clients": 7})
-    assert "ckks" in PROTECTIONS and ckks.ckks_params(cfg).max_summands == 7
+    assert "ckks" in PROTECTIONS and ckks_params(cfg).max_summands == 7
 
 
 def test_cli_names_the_flag_on_bad_ckks_settings(capsys):
@@ -389,7 +396,7 @@ def test_secret_key_never_crosses_the_server_in_the_clear(encryption):
     server, half, clients = federation([np.zeros(3)] * 3, settings)
     ex = RecordingExchange(0)
     half.setup(clients, ex)
-    secrets = [hz.secret_context_bytes(c.protection._keys.context, half.params) for c in clients]
+    secrets = [hzs.secret_context_bytes(c.protection._keys.context, half.params) for c in clients]
     assert secrets[0] == secrets[1] == secrets[2]  # one key, serialized deterministically
     probe = secrets[0][len(secrets[0]) // 2 : len(secrets[0]) // 2 + 64]
     assert ex.seen and not any(probe in m for m in ex.seen)

@@ -3,7 +3,7 @@
 import torch
 
 from securefl.exceptions import BudgetExhaustedError, ClientDropout
-from securefl.protect import Exchange, Plaintext
+from securefl.protections import Exchange, Plaintext
 from securefl.server import SecureServer
 from securefl.config import ServerConfig
 

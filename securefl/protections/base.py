@@ -1,4 +1,4 @@
-"""Update protections: the seam where plaintext, CKKS and secure aggregation plug in.
+"""The protection seam: the two halves every update protection is made of.
 
 A protection has two halves:
 
@@ -14,25 +14,20 @@ A protection has two halves:
 Protocol state machines (who sends what, when) live in each protection's module;
 the cryptographic maths (what a message contains) live in :mod:`securefl.crypto`;
 the bytes on the wire are :mod:`securefl.transport.wire` messages.
-
-``PROTECTIONS`` maps a name (``--protect``) to a :class:`ProtectionSpec` whose
-factories build both halves from a :class:`~securefl.config.RunConfig`.
 """
 
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any, Callable, Protocol, Sequence
+from typing import Any, Protocol, Sequence
 
 import torch
 
 from securefl.exceptions import BudgetExhaustedError, ClientDropout, ProtocolError, WireFormatError
 from securefl.transport import wire
 
-if TYPE_CHECKING:  # pragma: no cover
-    from securefl.config import RunConfig
-    from securefl.privacy.noise import SecureRNG
+__all__ = ["AggregateInput", "ClientLike", "ClientProtection", "Exchange", "Plaintext", "ServerProtection"]
 
 
 class ClientLike(Protocol):
@@ -194,52 +189,3 @@ class Plaintext(ClientProtection, ServerProtection):
             headers.append(msg.header)
         aux.setdefault("weight", 0.0)
         return AggregateInput(total.float(), aux, len(individual), individual, headers)
-
-
-@dataclass(frozen=True)
-class ProtectionSpec:
-    """How to build both halves of a protection for a run.
-
-    ``client(config, client_id, rng, identity=..., roster=..., guard=...)`` and
-    ``server(config, rng, roster=...)`` receive the whole run configuration (number
-    of clients, clip bounds, the protection's own settings in ``config.protection``).
-    ``rng`` is for DP noise only (it is seeded under ``reproducible_noise``); keys,
-    masks, shares, nonces and rounding always come from the OS CSPRNG. ``identity``
-    is the client's long-term signing key, ``roster`` the members pinned out of band
-    (:mod:`securefl.crypto.identity`), ``guard`` the client's round memory
-    (:mod:`securefl.crypto.replay`), shared with its :class:`~securefl.client.SecureClient`.
-    """
-
-    client: Callable[..., ClientProtection]
-    server: Callable[..., ServerProtection]
-
-
-def _secagg_client(cfg: "RunConfig", cid: str, rng: "SecureRNG", **party: Any) -> ClientProtection:
-    from securefl.crypto.secagg.protection import client_factory  # lazy: keeps import light
-
-    return client_factory(cfg, cid, rng, **party)
-
-
-def _secagg_server(cfg: "RunConfig", rng: "SecureRNG", **party: Any) -> ServerProtection:
-    from securefl.crypto.secagg.protection import server_factory
-
-    return server_factory(cfg, rng, **party)
-
-
-def _ckks_client(cfg: "RunConfig", cid: str, rng: "SecureRNG", **party: Any) -> ClientProtection:
-    from securefl.crypto.ckks import client_factory  # lazy: TenSEAL loads only when used
-
-    return client_factory(cfg, cid, rng, **party)
-
-
-def _ckks_server(cfg: "RunConfig", rng: "SecureRNG", **party: Any) -> ServerProtection:
-    from securefl.crypto.ckks import server_factory
-
-    return server_factory(cfg, rng, **party)
-
-
-PROTECTIONS: dict[str, ProtectionSpec] = {
-    "none": ProtectionSpec(client=lambda cfg, cid, rng, **_: Plaintext(), server=lambda cfg, rng, **_: Plaintext()),
-    "ckks": ProtectionSpec(client=_ckks_client, server=_ckks_server),
-    "secagg": ProtectionSpec(client=_secagg_client, server=_secagg_server),
-}

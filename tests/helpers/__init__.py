@@ -1,0 +1,1 @@
+"""Shared test helpers (not tests): fakes and harnesses several test packages use."""
