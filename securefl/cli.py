@@ -25,7 +25,7 @@ import sys
 from pathlib import Path
 from typing import Any, Callable, Sequence
 
-from securefl.exceptions import ConfigError, SecureFLError
+from securefl.exceptions import ConfigError, ConfigValueError, SecureFLError
 
 EXIT_USAGE = 2
 
@@ -149,6 +149,7 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--config", type=Path, default=None, help="TOML file of settings (flags override it)")
     g.add_argument("--out", type=Path, default=Path("runs/latest"), help="output folder (runs/latest)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")
+    g.add_argument("--overwrite", action="store_true", help="replace the outputs of a previous run in --out")
 
 
 #: entry-point group of plug-in commands: ``"FAMILY.NAME" = "module:register"``
@@ -180,8 +181,18 @@ FAMILY_HELP = {
 }
 
 
+def _version() -> str:
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("securefl")
+    except PackageNotFoundError:  # pragma: no cover - a source tree without metadata
+        return "unknown"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = _Parser(prog="securefl", description="Privacy-hardened federated learning.")
+    parser.add_argument("--version", action="version", version=f"securefl {_version()}")
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     train = sub.add_parser("train", help="run one federated training job")
     add_train_flags(train)
@@ -191,6 +202,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--rounds", type=int, default=30)
     demo.add_argument("--seed", type=int, default=0)
     demo.add_argument("--no-progress", action="store_true")
+    demo.add_argument("--overwrite", action="store_true", help="replace the outputs of a previous demo in --out")
     demo.set_defaults(handler=cmd_demo)
     for family, registers in plugins().items():
         if family == "":
@@ -212,12 +224,9 @@ def _load_toml(path: Path) -> dict[str, Any]:
         raise ConfigError("config", str(path), f"cannot read: {exc.strerror}") from None
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError("config", str(path), f"not valid TOML: {exc}") from None
-    flat: dict[str, Any] = {}
-    for key, value in data.items():
-        items = value.items() if isinstance(value, dict) else [(key, value)]
-        for k, v in items:
-            flat[k.replace("-", "_")] = v
-    return flat
+    from securefl.config import RunConfig
+
+    return RunConfig.flatten_sections(data)
 
 
 def config_from_args(ns: argparse.Namespace, extra_skip: Sequence[str] = ()):
@@ -225,12 +234,60 @@ def config_from_args(ns: argparse.Namespace, extra_skip: Sequence[str] = ()):
     plug-in command that are not run settings."""
     from securefl.config import RunConfig
 
-    skip = {"command", "subcommand", "handler", "config", "out", "no_progress", *extra_skip}
+    skip = {"command", "subcommand", "handler", "config", "out", "no_progress", "overwrite", *extra_skip}
     values: dict[str, Any] = {}
     if getattr(ns, "config", None) is not None:
         values.update(_load_toml(ns.config))
     values.update({k: v for k, v in vars(ns).items() if k not in skip})
-    return RunConfig.from_flat(values)
+    config = RunConfig.from_flat(values)
+    _check_dp_flags(config, values)
+    return config
+
+
+def _check_dp_flags(config, values: dict[str, Any]) -> None:
+    """A DP setting given (flag or TOML) without ``--dp sample|client`` is an error,
+    not silently ignored."""
+    from securefl.config import RunConfig
+
+    if config.dp.enabled:
+        return
+    owner = RunConfig.field_owner()
+    for key, value in values.items():
+        if owner.get(key) == "dp" and key != "dp" and value is not None:
+            raise ConfigValueError(key, value, "is a DP setting; it needs --dp sample or --dp client")
+
+
+def check_out(out: Path, overwrite: bool) -> None:
+    """Refuse an unusable output folder before anything is written: a file, an unwritable
+    place, or a folder holding a run's ledger (unless ``overwrite``)."""
+    if out.exists() and not out.is_dir():
+        raise ConfigValueError("out", str(out), "is a file, not a directory")
+    if (out / "ledger.json").exists() and not overwrite:
+        raise ConfigValueError(
+            "out",
+            str(out),
+            "already holds a run (ledger.json); pass --overwrite to replace it (--resume is not available yet)",
+        )
+    probe = out
+    while not probe.exists():
+        if probe.parent == probe:
+            break
+        probe = probe.parent
+    if probe.exists() and not probe.is_dir():
+        raise ConfigValueError("out", str(out), f"cannot be created: {probe} is a file")
+    if not os.access(probe, os.W_OK | os.X_OK):
+        raise ConfigValueError("out", str(out), f"is not writable ({probe})")
+
+
+def check_outcome(metrics: dict[str, Any]) -> str | None:
+    """Why a finished run failed (no round or at most half aggregated), or None."""
+    rounds = metrics.get("rounds", [])
+    aborted = sum(1 for r in rounds if r.get("aborted"))
+    if rounds and aborted == len(rounds):
+        return f"all {aborted} rounds aborted; no round was aggregated (see 'aborted' in metrics.json)"
+    if aborted * 2 > len(rounds):
+        return f"{aborted} of {len(rounds)} rounds aborted (see 'aborted' in metrics.json)"
+    return None
 
 
 def _progress(total: int, disable: bool):
@@ -239,11 +296,11 @@ def _progress(total: int, disable: bool):
     return tqdm(total=total, unit="round", disable=disable, file=sys.stderr, dynamic_ncols=True)
 
 
-def run_training(config, out: Path, no_progress: bool) -> dict[str, Any]:
+def run_training(config, out: Path, no_progress: bool, overwrite: bool = False) -> dict[str, Any]:
     """Run one job with a progress bar; return its metrics (also written under ``out``)."""
     from securefl.simulation import Simulation
 
-    sim = Simulation(config, out_dir=out)
+    sim = Simulation(config, out_dir=out, overwrite=overwrite)
     bar = _progress(config.server.rounds, no_progress)
 
     def on_round(res) -> None:
@@ -268,9 +325,20 @@ def _summary_line(m: dict[str, Any], out: Path) -> str:
     return f"final {acc}{eps}; wrote {out}/metrics.json, {out}/ledger.json, {out}/accuracy.png"
 
 
+class RunFailed(SecureFLError):
+    """A run finished without a usable model (its rounds aborted)."""
+
+
 def cmd_train(ns: argparse.Namespace) -> int:
+    from securefl.build import check
+
     config = config_from_args(ns)
-    metrics = run_training(config, ns.out, ns.no_progress)
+    check(config)  # cross-component checks, before anything is written
+    check_out(ns.out, ns.overwrite)
+    metrics = run_training(config, ns.out, ns.no_progress, overwrite=ns.overwrite)
+    failed = check_outcome(metrics)
+    if failed:
+        raise RunFailed(failed)
     print(_summary_line(metrics, ns.out))
     return 0
 
@@ -279,9 +347,12 @@ def cmd_demo(ns: argparse.Namespace) -> int:
     from securefl.config import RunConfig
 
     base = {**DEMO_SETTINGS, "rounds": ns.rounds, "seed": ns.seed}
+    for sub in ("plain", "dp-sgd"):
+        check_out(ns.out / sub, ns.overwrite)
     print(f"securefl demo: {base['clients']} clients on digits (Dirichlet alpha={base['alpha']}), {ns.rounds} rounds")
-    plain = run_training(RunConfig.from_flat({**base, "dp": "none", "epsilon": None}), ns.out / "plain", ns.no_progress)
-    private = run_training(RunConfig.from_flat(base), ns.out / "dp-sgd", ns.no_progress)
+    plain_config = RunConfig.from_flat({**base, "dp": "none", "epsilon": None})
+    plain = run_training(plain_config, ns.out / "plain", ns.no_progress, overwrite=ns.overwrite)
+    private = run_training(RunConfig.from_flat(base), ns.out / "dp-sgd", ns.no_progress, overwrite=ns.overwrite)
     fp, fd = plain["final"], private["final"]
     print()
     print(f"{'run':<34}{'test accuracy':>14}{'epsilon':>10}{'MB up':>9}")
@@ -315,6 +386,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     except SecureFLError as exc:
         sys.stderr.write(f"{prog}: error: {exc}\n")
         return 1
+    except ModuleNotFoundError as exc:
+        if not (exc.name or "").startswith("dp_accounting"):
+            raise
+        sys.stderr.write(
+            f"{prog}: error: --pld needs the dp-accounting package; install it with "
+            "'pip install dp-accounting' (or the dev extra: pip install 'securefl[dev]')\n"
+        )
+        return EXIT_USAGE
 
 
 if __name__ == "__main__":  # pragma: no cover

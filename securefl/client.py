@@ -225,7 +225,7 @@ class SecureClient:
         one answered, and :class:`~securefl.exceptions.BudgetExhaustedError` if this
         round would exceed the client's privacy budget.
         """
-        msg = wire.decode(message, expect=wire.Kind.GLOBAL_MODEL)
+        msg = wire.decode(message, expect=wire.Kind.GLOBAL_MODEL, max_size=wire.size_limit(self.dim, per_coordinate=4))
         round_ = _header_int(msg.header, "round")
         dim = _header_int(msg.header, "dim")
         if dim != self.dim:
@@ -293,6 +293,7 @@ class SecureClient:
 
 def _header_int(header: dict[str, Any], name: str) -> int:
     value = header.get(name)
-    if not is_int(value) or value < 1:
-        raise ProtocolError(f"GLOBAL_MODEL header {name}={value!r} must be a positive integer")
+    # rounds are hashed as unsigned 64-bit integers; a round guard holding 2^64 would be stuck
+    if not is_int(value) or not 1 <= value < 2**63:
+        raise ProtocolError(f"GLOBAL_MODEL header {name}={value!r} must be a positive integer below 2^63")
     return value

@@ -271,6 +271,8 @@ class RunConfig:
     def __post_init__(self) -> None:
         _choice("dataset", self.dataset, sorted(DATASET_NAMES))
         _int("clients", self.clients, 1, 100_000)
+        if self.clients < 2:
+            raise ConfigValueError("clients", self.clients, "a federation needs at least 2 clients")
         _choice("partition", self.partition, sorted(PARTITION_NAMES))
         _float("alpha", self.alpha, 0.0, lo_open=True)
         _int("shards_per_client", self.shards_per_client, 1)
@@ -319,6 +321,14 @@ class RunConfig:
         enough clients for a robust rule's Byzantine bound is the rule's own maths:
         :func:`securefl.build.check`.)"""
         expected = self.expected_cohort
+        fixed, p = self.server.sampling == "fixed", self.protection
+        if self.protect in ("ckks", "secagg") and fixed and expected < p.min_clients <= self.clients:
+            why = f"--protect {self.protect}: a round samples {expected} clients, fewer than this; no round could aggregate"
+            raise ConfigValueError("min_clients", p.min_clients, why)
+        if self.protect == "ckks" and p.ckks_max_clients is not None:
+            sampled = expected if fixed else self.clients
+            if p.ckks_max_clients < sampled:
+                raise ConfigValueError("ckks_max_clients", p.ckks_max_clients, f"must be >= the {sampled} clients a round can sample")
         if self.server.aggregator == "multikrum" and self.server.krum_m is not None and self.server.krum_m > expected:
             raise ConfigValueError("krum_m", self.server.krum_m, f"must be <= the {expected} clients of a round")
 
@@ -348,6 +358,23 @@ class RunConfig:
             (subs[owner[key]] if owner[key] else top)[key] = value
         return cls(**{name: sub_cls(**subs[name]) for name, sub_cls in _SUBCONFIGS.items()}, **top)
 
+    @classmethod
+    def flatten_sections(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        """Flatten a TOML document: keys outside tables and the tables of :data:`TOML_SECTIONS`.
+        An unknown table or a key in another's table is a ConfigValueError (field ``config``)."""
+        owner, flat = cls.field_owner(), {}
+        for key, value in data.items():
+            if key not in TOML_SECTIONS and isinstance(value, dict):
+                raise ConfigValueError("config", f"[{key}]", f"unknown section [{key}] (sections: {', '.join(TOML_SECTIONS)})")
+            for k, v in value.items() if isinstance(value, dict) else [(key, value)]:
+                name = k.replace("-", "_")
+                home = next((t for t, o in TOML_SECTIONS.items() if o == owner.get(name)), key)
+                if isinstance(value, dict) and (isinstance(v, dict) or home != key and (key, name) != ("protection", "protect")):
+                    why = f"unknown section [{key}.{k}]" if isinstance(v, dict) else f"{k} belongs in section [{home}], not [{key}]"
+                    raise ConfigValueError("config", f"[{key}] {k}", why)
+                flat[name] = v
+        return flat
+
     def to_flat(self) -> dict[str, Any]:
         """The inverse of :meth:`from_flat`: every setting under its flat name."""
         flat: dict[str, Any] = {}
@@ -359,6 +386,10 @@ class RunConfig:
                 flat[f.name] = value
         return flat
 
+
+#: the tables of a TOML run file, each with the sub-config whose fields it takes ('' =
+#: the top-level ones, and [protection] takes ``protect`` too); keys may stand outside any table
+TOML_SECTIONS = {"data": "", "dp": "dp", "client": "client", "server": "server", "protection": "protection"}
 
 #: the sub-configs of :class:`RunConfig`, by field name
 _SUBCONFIGS: dict[str, type] = {

@@ -26,6 +26,7 @@ from securefl.build import build
 from securefl.client import SecureClient
 from securefl.config import DPMode, RunConfig
 from securefl.data import FederatedData, summarize
+from securefl.exceptions import ConfigValueError
 from securefl.privacy.events import FEDERATION
 from securefl.privacy.ledger import PrivacyLedger
 from securefl.server import COUNT_REASON, RoundResult, SecureServer
@@ -42,7 +43,11 @@ class RunResult:
 
 
 class Simulation:
-    """One federated run in this process."""
+    """One federated run in this process.
+
+    ``overwrite=False`` refuses an ``out_dir`` that already holds a run's ledger
+    (the ``securefl`` command always passes it, unless ``--overwrite``); the
+    default replaces the previous run's outputs, as it always has for API callers."""
 
     def __init__(
         self,
@@ -50,9 +55,12 @@ class Simulation:
         *,
         out_dir: str | Path | None = None,
         data: FederatedData | None = None,
+        overwrite: bool = True,
     ) -> None:
         self.config = config
         self.out_dir = Path(out_dir) if out_dir is not None else None
+        if self.out_dir is not None:
+            prepare_out_dir(self.out_dir, overwrite=overwrite)
         fed = build(config, data=data, out_dir=self.out_dir)
         self.federation = fed
         self.data, self.parts, self.ledger = fed.data, fed.parts, fed.ledger
@@ -132,6 +140,31 @@ class Simulation:
         withheld = [{"field": k, "reason": COUNT_REASON} for k in keys]
         withheld.append({"field": "seconds", "reason": "wall time grows with the number of participants"})
         return {**dict.fromkeys(keys), "seconds": None, "withheld": withheld}
+
+
+#: what a run writes into its output folder (``state/`` holds the round memories)
+RUN_OUTPUTS = ("ledger.json", "metrics.json", "accuracy.png")
+
+
+def prepare_out_dir(out_dir: Path, *, overwrite: bool = False) -> None:
+    """Make ``out_dir`` ready for a new run. A folder that already holds a run's
+    ledger is never replaced silently: without ``overwrite`` this raises a
+    :class:`~securefl.exceptions.ConfigValueError` (field ``out_dir``); with it the
+    previous run's outputs (ledger, metrics, plot, round memories) are removed."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise ConfigValueError("out_dir", str(out_dir), "is a file, not a directory")
+    if not (out_dir / "ledger.json").exists():
+        return
+    if not overwrite:
+        raise ConfigValueError(
+            "out_dir", str(out_dir), "already holds a run (ledger.json); pass overwrite=True to replace it"
+        )
+    for name in RUN_OUTPUTS:
+        (out_dir / name).unlink(missing_ok=True)
+    state = out_dir / "state"
+    if state.is_dir():
+        for f in state.glob("*.rounds.json"):
+            f.unlink()
 
 
 def plot_run(metrics: dict[str, Any], path: str | Path) -> None:

@@ -233,6 +233,7 @@ OUT_OF_RANGE = [
     (ServerConfig, "server_momentum", 1.0),
     (ServerConfig, "server_momentum", -0.5),
     (RunConfig, "clients", 0),
+    (RunConfig, "clients", 1),  # a federation of one cannot aggregate anything private
     (RunConfig, "clients", 100_001),
     (RunConfig, "alpha", 0.0),
     (RunConfig, "alpha", -1.0),
@@ -270,7 +271,7 @@ EDGES_ACCEPTED = [
     (ServerConfig, "fraction", 1.0),
     (ServerConfig, "fraction", 1e-6),
     (ServerConfig, "server_momentum", 0.0),
-    (RunConfig, "clients", 1),
+    (RunConfig, "clients", 2),
     (RunConfig, "clients", 100_000),
     (RunConfig, "seed", 0),
     (RunConfig, "seed", 2**63 - 1),
@@ -416,7 +417,7 @@ flat_settings = st.fixed_dictionaries(
     {},
     optional={
         "dataset": st.sampled_from(["digits", "breast_cancer", "synthetic", "linreg"]),
-        "clients": st.integers(1, 1000),
+        "clients": st.integers(2, 1000),
         "partition": st.sampled_from(["iid", "dirichlet", "shards"]),
         "alpha": _pos,
         "shards_per_client": st.integers(1, 10),
@@ -530,3 +531,48 @@ def test_dp_mode_is_typed():
     assert DPConfig(dp="client", epsilon=1.0).mode is DPMode.CLIENT
     assert DPConfig(dp=DPMode.SAMPLE, epsilon=1.0) == DPConfig(dp="sample", epsilon=1.0)
     assert str(DPMode.SAMPLE) == "sample"
+
+
+# ------------------------------------------------------------------ cohort vs protection
+@pytest.mark.parametrize("protect", ["ckks", "secagg"])
+def test_protected_cohort_below_min_clients_rejected(protect):
+    with pytest.raises(ConfigValueError) as excinfo:
+        RunConfig.from_flat({"protect": protect, "clients": 4, "fraction": 0.5, "min_clients": 3})
+    assert excinfo.value.field == "min_clients" and excinfo.value.value == 3
+    assert "2 clients" in str(excinfo.value)
+    # the same cohort is fine without a protection, at min_clients 2, or under Poisson sampling
+    RunConfig.from_flat({"protect": "none", "clients": 4, "fraction": 0.5})
+    RunConfig.from_flat({"protect": protect, "clients": 4, "fraction": 0.5, "min_clients": 2})
+    RunConfig.from_flat({"protect": protect, "clients": 4, "fraction": 0.5, "sampling": "poisson"})
+
+
+def test_ckks_max_clients_below_the_sampled_clients_rejected():
+    with pytest.raises(ConfigValueError) as excinfo:
+        RunConfig.from_flat({"protect": "ckks", "clients": 5, "ckks_max_clients": 4})
+    assert excinfo.value.field == "ckks_max_clients" and "5 clients" in str(excinfo.value)
+    RunConfig.from_flat({"protect": "ckks", "clients": 10, "fraction": 0.4, "ckks_max_clients": 4})
+    with pytest.raises(ConfigValueError):  # Poisson sampling can pick every client
+        RunConfig.from_flat({"protect": "ckks", "clients": 10, "fraction": 0.4, "sampling": "poisson", "ckks_max_clients": 4})
+
+
+# ------------------------------------------------------------------ TOML sections
+def test_flatten_sections_routes_known_tables():
+    flat = RunConfig.flatten_sections(
+        {"seed": 1, "data": {"dataset": "digits", "clients": 4}, "dp": {"dp": "sample", "epsilon": 2.0},
+         "client": {"lr": 0.1}, "server": {"rounds": 3}, "protection": {"protect": "secagg", "min-clients": 2}}
+    )  # fmt: skip
+    assert flat == {"seed": 1, "dataset": "digits", "clients": 4, "dp": "sample", "epsilon": 2.0,
+                    "lr": 0.1, "rounds": 3, "protect": "secagg", "min_clients": 2}  # fmt: skip
+    RunConfig.from_flat(flat)
+
+
+def test_flatten_sections_rejects_unknown_section_and_misplaced_key():
+    with pytest.raises(ConfigValueError) as excinfo:
+        RunConfig.flatten_sections({"sever": {"rounds": 3}})
+    assert excinfo.value.field == "config" and "[sever]" in str(excinfo.value)
+    with pytest.raises(ConfigValueError) as excinfo:
+        RunConfig.flatten_sections({"server": {"epsilon": 3.0}})
+    msg = str(excinfo.value)
+    assert "epsilon" in msg and "[dp]" in msg and "[server]" in msg
+    with pytest.raises(ConfigValueError):
+        RunConfig.flatten_sections({"server": {"nested": {"rounds": 3}}})

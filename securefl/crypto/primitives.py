@@ -90,6 +90,8 @@ def verify(verification_key: bytes, signature: bytes, message: bytes) -> bool:
 # ------------------------------------------------------------------ AEAD
 def associated_data(round_: int, sender: str, recipient: str) -> bytes:
     """What every share ciphertext is bound to (length-prefixed, unambiguous)."""
+    if not isinstance(round_, int) or isinstance(round_, bool) or not 0 <= round_ < 2**64:
+        raise ProtocolError(f"round {round_!r} is not an unsigned 64-bit integer")
     s, r = sender.encode(), recipient.encode()
     return b"securefl-secagg-share-v1" + struct.pack("<QI", round_, len(s)) + s + struct.pack("<I", len(r)) + r
 

@@ -17,7 +17,7 @@ import math
 import torch
 
 from securefl.exceptions import ConfigValueError
-from securefl.privacy.noise import SecureRNG
+from securefl.privacy.noise import SecureRNG, noisy_on_grid
 
 
 def clip_update(update: torch.Tensor, clip: float) -> tuple[torch.Tensor, float]:
@@ -30,9 +30,12 @@ def clip_update(update: torch.Tensor, clip: float) -> tuple[torch.Tensor, float]
 def noisy_average(
     total: torch.Tensor, *, noise_multiplier: float, clip: float, denominator: float, rng: SecureRNG
 ) -> torch.Tensor:
-    """(sum of clipped updates + N(0, (z S)^2 I)) / m."""
-    noise = rng.normal(tuple(total.shape), noise_multiplier * clip, dtype=torch.float64)
-    return ((total.double() + noise) / denominator).to(total.dtype)
+    """(sum of clipped updates + noise of std >= z S) / m, floating-point safe: the sum is
+    rounded onto a power-of-two grid and exact discrete Gaussian noise on that grid is
+    added in integers (:func:`securefl.privacy.noise.noisy_on_grid`, whose std covers
+    the rounding's sensitivity inflation, so charging ``z`` stays an upper bound)."""
+    noisy = noisy_on_grid(total, noise_multiplier=noise_multiplier, clip=clip, rng=rng)
+    return (noisy / denominator).to(total.dtype)
 
 
 def update_noise_multiplier(noise_multiplier: float, count_stddev: float) -> float:
@@ -64,7 +67,9 @@ class AdaptiveClipper:
 
     def update(self, unclipped_count: float, rng: SecureRNG) -> float:
         """Feed the (un-noised) count of clients whose norm was <= clip; returns the new clip."""
-        noisy = unclipped_count + float(rng.normal((1,), self.count_stddev, dtype=torch.float64)[0])
+        # the count is an integer query of sensitivity 1: on any power-of-two grid it
+        # needs no rounding, and noise grid * N_Z(0, s^2) with s grid >= count_stddev
+        noisy = unclipped_count + float(rng.secure_gaussian((1,), self.count_stddev)[0])
         fraction = noisy / self.expected_clients
         self.clip *= math.exp(-self.lr * (fraction - self.target_quantile))
         return self.clip

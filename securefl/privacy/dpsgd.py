@@ -18,11 +18,21 @@ from opacus.optimizers import DPOptimizer
 from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processed
 from torch import nn
 
-from securefl.privacy.noise import SecureRNG
+from securefl.privacy.noise import SecureRNG, noisy_on_grid
 
 
 class SecureDPOptimizer(DPOptimizer):
-    """Opacus' ``DPOptimizer`` with Gaussian noise from a :class:`SecureRNG`."""
+    """Opacus' ``DPOptimizer`` with floating-point-safe discrete Gaussian noise.
+
+    The summed clipped gradient (all parameters together: a vector of ``D``
+    coordinates with L2 sensitivity ``C``) is rounded onto one power-of-two grid
+    and discrete Gaussian noise on that grid is added in integers
+    (:func:`securefl.privacy.noise.noisy_on_grid`, same grid and ``s`` for every
+    parameter, ``dim = D``). The std is raised by the rounding's sensitivity
+    inflation (``C -> C + sqrt(D) grid``, relative ``sqrt(D) z 2^-22`` at most), so
+    the ``noise_multiplier`` the accountant is charged with stays a lower bound of
+    the mechanism's ``sigma / Delta``.
+    """
 
     def __init__(
         self,
@@ -43,11 +53,17 @@ class SecureDPOptimizer(DPOptimizer):
         self.rng = rng
 
     def add_noise(self) -> None:
-        std = self.noise_multiplier * self.max_grad_norm
+        # one draw for the whole flattened query: one grid, one s, dim = D
         for p in self.params:
             _check_processed_flag(p.summed_grad)
-            noise = self.rng.normal(tuple(p.summed_grad.shape), std, dtype=p.summed_grad.dtype)
-            p.grad = (p.summed_grad + noise).view_as(p)
+        flat = torch.cat([p.summed_grad.reshape(-1).double() for p in self.params])
+        noisy = noisy_on_grid(flat, noise_multiplier=self.noise_multiplier, clip=self.max_grad_norm, rng=self.rng)
+        offset = 0
+        for p in self.params:
+            n = p.summed_grad.numel()
+            # the float32 cast rounds, but only the released float64 value: post-processing
+            p.grad = noisy[offset : offset + n].to(p.summed_grad.dtype).view_as(p)
+            offset += n
             _mark_as_processed(p.summed_grad)
 
 

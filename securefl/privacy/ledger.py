@@ -24,6 +24,8 @@ from __future__ import annotations
 import hashlib
 import json
 import math
+import numbers
+import operator
 import os
 import time
 import warnings
@@ -45,6 +47,7 @@ from securefl.privacy.ledger_format import (
     VERSION,
     check_entry,
     header_problem,
+    real,
     run_problem,
 )
 
@@ -52,6 +55,27 @@ from securefl.privacy.ledger_format import (
 #: about 200 bytes and 1 microsecond per point)
 MAX_PRV_GRID_POINTS = 2**24
 BUDGET_SLACK = 1e-9
+
+
+def _as_int(value: Any) -> Any:
+    """An integer-like value (numpy integer, integral float) as an int; anything else unchanged."""
+    if isinstance(value, bool):
+        return value
+    if hasattr(value, "__index__"):
+        return operator.index(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def _as_float(value: Any) -> Any:
+    """A real number (numpy scalars included) as a float; anything else unchanged."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return value
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
 
 
 def _entry_hash(prev: str, body: dict[str, Any]) -> str:
@@ -210,18 +234,23 @@ class PrivacyLedger:
         enforce_budget: bool = True,
     ) -> dict[str, Any]:
         """Append one mechanism run and persist the ledger before returning."""
+        mechanism = mechanism.value if isinstance(mechanism, Mechanism) else mechanism
+        # converted leniently (numpy scalars), then checked: float("x"), int(None) or
+        # int(inf) never escape as TypeError, ValueError or OverflowError
+        round, steps = _as_int(round), _as_int(steps)
+        noise_multiplier, sample_rate = _as_float(noise_multiplier), _as_float(sample_rate)
+        bad = run_problem(subject, round, mechanism, noise_multiplier, sample_rate, steps)
+        if bad is not None:
+            field, value, reason = bad
+            raise LedgerError(f"cannot record {field}={value!r}: {reason}")
         run = {
-            "subject": str(subject),
+            "subject": subject,
             "round": int(round),
-            "mechanism": mechanism.value if isinstance(mechanism, Mechanism) else mechanism,
+            "mechanism": mechanism,
             "noise_multiplier": float(noise_multiplier),
             "sample_rate": float(sample_rate),
             "steps": int(steps),
         }
-        bad = run_problem(**run)
-        if bad is not None:
-            field, value, reason = bad
-            raise LedgerError(f"cannot record {field}={value!r}: {reason}")
         if enforce_budget:
             self.check_budget(subject, noise_multiplier, sample_rate, steps)
         history = self.history(subject) + ((run["noise_multiplier"], run["sample_rate"], run["steps"]),)
@@ -326,7 +355,7 @@ class PrivacyLedger:
                 raise LedgerError("entry 0: hash chain broken (it does not start at this ledger's genesis)")
         last_eps: dict[str, float] = {}
         for i, entry in enumerate(self.entries):
-            eps, subject = float(entry["epsilon"][self.accountant]), entry["subject"]
+            eps, subject = real(entry["epsilon"][self.accountant]), entry["subject"]  # checked by check_entry
             if eps + 1e-9 < last_eps.get(subject, 0.0):
                 raise LedgerError(f"entry {i}: epsilon of {subject} went down ({last_eps[subject]} -> {eps})")
             last_eps[subject] = eps

@@ -18,6 +18,7 @@ the bytes on the wire are :mod:`securefl.transport.wire` messages.
 
 from __future__ import annotations
 
+import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
 from typing import Any, Protocol, Sequence
@@ -26,6 +27,7 @@ import torch
 
 from securefl.exceptions import BudgetExhaustedError, ClientDropout, ProtocolError, WireFormatError
 from securefl.transport import wire
+from securefl.validators import is_number
 
 __all__ = ["AggregateInput", "ClientLike", "ClientProtection", "Exchange", "Plaintext", "ServerProtection"]
 
@@ -174,18 +176,39 @@ class Plaintext(ClientProtection, ServerProtection):
         individual: list[tuple[torch.Tensor, float]] = []
         headers = []
         for raw in messages:
-            msg = wire.decode(raw, expect=wire.Kind.CLIENT_UPDATE)
+            msg = wire.decode(raw, expect=wire.Kind.CLIENT_UPDATE, max_size=wire.size_limit(dim, per_coordinate=4))
             if msg.header.get("protect") != self.name:
                 raise WireFormatError(f"update sealed with {msg.header.get('protect')!r}, expected {self.name!r}")
             vec = wire.bytes_to_vector(msg.payload, dim)
-            sums = msg.header.get("aux", {})
-            weight = float(sums.get("weight", 0.0))
+            sums = _aux_counters(msg.header.get("aux", {}))
+            weight = sums.get("weight", 0.0)
             if not weight > 0:
                 raise WireFormatError(f"update weight must be positive, got {weight!r}")
             total += vec.double()
             for k, v in sums.items():
-                aux[k] = aux.get(k, 0.0) + float(v)
+                aux[k] = aux.get(k, 0.0) + v
             individual.append((vec / weight, weight))
             headers.append(msg.header)
         aux.setdefault("weight", 0.0)
         return AggregateInput(total.float(), aux, len(individual), individual, headers)
+
+
+#: at most this many auxiliary counters in a plaintext update
+MAX_AUX = 16
+
+
+def _aux_counters(sums: Any) -> dict[str, float]:
+    """A plaintext update's counters: at most :data:`MAX_AUX` names, each a finite number."""
+    if not isinstance(sums, dict) or len(sums) > MAX_AUX:
+        raise WireFormatError(f"update counters must be an object of at most {MAX_AUX} numbers")
+    out: dict[str, float] = {}
+    for k, v in sums.items():
+        if not is_number(v):
+            raise WireFormatError(f"update counter {k!r} is not a number")
+        try:
+            out[k] = float(v)
+        except OverflowError:
+            raise WireFormatError(f"update counter {k!r} is out of range") from None
+        if not math.isfinite(out[k]):
+            raise WireFormatError(f"update counter {k!r} is not finite")
+    return out

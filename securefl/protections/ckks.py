@@ -47,9 +47,9 @@ from typing import Any
 from securefl.crypto import ckks_auth as auth
 from securefl.crypto.hazmat import ckks as hz
 from securefl.exceptions import ConfigValueError, ProtocolError
-from securefl.validators import is_int
+from securefl.validators import is_int, is_number
 
-__all__ = ["CKKSSettings", "DEFAULT_MAX_WEIGHT", "MAX_FORGERY", "NAME"]
+__all__ = ["CKKSSettings", "DEFAULT_MAX_WEIGHT", "MAX_DIM", "MAX_FORGERY", "NAME"]
 
 NAME = "ckks"
 #: default bound on n_k for weighted FedAvg (1 under client-level DP, where weights are 1)
@@ -123,9 +123,48 @@ def unpack_part(offsets: Any, payload: bytes, key: str) -> bytes:
     return payload[at : at + n]
 
 
-def int_field(header: dict[str, Any], name: str) -> int:
+#: the largest round number or dimension a message may carry (rounds are hashed as
+#: unsigned 64-bit integers; a dimension this large would not fit in memory anyway)
+MAX_FIELD_INT = 2**63 - 1
+#: the largest model dimension a decryption request may name (2^31 coordinates)
+MAX_DIM = 2**31
+#: at most this many auxiliary counters, each name at most this long
+MAX_AUX_KEYS, MAX_AUX_KEY_LEN = 16, 64
+
+
+def int_field(header: dict[str, Any], name: str, *, minimum: int = 0, maximum: int = MAX_FIELD_INT) -> int:
     v = header.get(name)
     if not is_int(v):
         raise ProtocolError(f"message field {name!r} missing or not an integer")
+    if not minimum <= v <= maximum:
+        raise ProtocolError(f"message field {name!r}={v} out of range [{minimum}, {maximum}]")
     return v
+
+
+def aux_keys_field(header: dict[str, Any]) -> tuple[str, ...]:
+    """The auxiliary counter names of an update or a decryption request: a sorted
+    list of distinct short strings other than ``weight`` (which has its own slot)."""
+    keys = header.get("aux_keys", [])
+    if (
+        not isinstance(keys, list)
+        or len(keys) > MAX_AUX_KEYS
+        or not all(isinstance(k, str) and 0 < len(k) <= MAX_AUX_KEY_LEN and k != "weight" for k in keys)
+        or keys != sorted(set(keys))
+    ):
+        raise ProtocolError(f"message field 'aux_keys' must be a sorted list of at most {MAX_AUX_KEYS} distinct names")
+    return tuple(keys)
+
+
+def number_field(header: dict[str, Any], name: str) -> float:
+    """A finite real number (int or float, not bool) from a message header."""
+    v = header.get(name)
+    if not is_number(v):
+        raise ProtocolError(f"message field {name!r} missing or not a number")
+    try:
+        f = float(v)
+    except OverflowError:
+        raise ProtocolError(f"message field {name!r} is out of range") from None
+    if not math.isfinite(f):
+        raise ProtocolError(f"message field {name!r} is not finite")
+    return f
 

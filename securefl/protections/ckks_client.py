@@ -20,7 +20,7 @@ from securefl.crypto.replay import RoundGuard
 from securefl.exceptions import CiphertextRejectedError, ConfigValueError, ProtocolError, ReplayError
 from securefl.privacy.noise import SecureRNG
 from securefl.protections.base import ClientProtection
-from securefl.protections.ckks import NAME, CKKSSettings, int_field, pack_parts
+from securefl.protections.ckks import MAX_DIM, NAME, CKKSSettings, aux_keys_field, int_field, pack_parts
 from securefl.transport import wire
 
 __all__ = ["CKKSClient"]
@@ -228,11 +228,8 @@ class CKKSClient(ClientProtection):
         if ks is None:
             return self._reject("this client holds no CKKS key")
         h = msg.header
-        round_, dim = int_field(h, "round"), int_field(h, "dim")
-        aux_keys = h.get("aux_keys", [])
-        if not isinstance(aux_keys, list) or dim < 1:
-            raise ProtocolError("CKKS_DECRYPT header needs dim and aux_keys")
-        layout = Layout(dim, tuple(str(k) for k in aux_keys), len(ks.holders))
+        round_, dim = int_field(h, "round", minimum=1), int_field(h, "dim", minimum=1, maximum=MAX_DIM)
+        layout = Layout(dim, aux_keys_field(h), len(ks.holders))
         if keys.decryptor_for(ks.holders, ks.fingerprint, round_) != self.client_id:
             return self._reject(f"this client is not the designated decryptor of round {round_}")
         try:

@@ -18,8 +18,9 @@ from securefl.crypto.hazmat import ckks_seal as hzs
 from securefl.crypto.identity import Roster
 from securefl.exceptions import AggregationError, CiphertextRejectedError, ProtocolError, WireFormatError
 from securefl.protections.base import AggregateInput, ClientLike, Exchange, ServerProtection
-from securefl.protections.ckks import NAME, CKKSSettings, unpack_part
+from securefl.protections.ckks import MAX_AUX_KEYS, NAME, CKKSSettings, aux_keys_field, number_field, unpack_part
 from securefl.transport import wire
+from securefl.validators import is_int
 
 __all__ = ["CKKSServer"]
 
@@ -104,7 +105,7 @@ class CKKSServer(ServerProtection):
 
     # --- one round
     def _add(self, got: _Received, cid: str, raw: bytes, dim: int) -> None:
-        msg = wire.decode(raw, expect=wire.Kind.CLIENT_UPDATE)
+        msg = wire.decode(raw, expect=wire.Kind.CLIENT_UPDATE, max_size=self._max_update_bytes(dim))
         h = msg.header
         if h.get("protect") != NAME or h.get("settings") != self.settings.settings_id:
             raise CiphertextRejectedError(
@@ -113,9 +114,12 @@ class CKKSServer(ServerProtection):
             )
         if h.get("fingerprint") != self.fingerprint:
             raise CiphertextRejectedError(f"update from {cid!r} names another key set")
-        if h.get("dim") != dim:
+        if not is_int(h.get("dim")) or h.get("dim") != dim:
             raise CiphertextRejectedError(f"update from {cid!r} has dim {h.get('dim')!r}, expected {dim}")
-        aux_keys = tuple(str(k) for k in h.get("aux_keys", []))
+        try:
+            aux_keys = aux_keys_field(h)
+        except ProtocolError as exc:
+            raise CiphertextRejectedError(f"update from {cid!r}: {exc}") from None
         if got.aux_keys is not None and aux_keys != got.aux_keys:
             raise CiphertextRejectedError(f"update from {cid!r} carries counters {aux_keys}, others {got.aux_keys}")
         got.aux_keys = aux_keys
@@ -124,9 +128,20 @@ class CKKSServer(ServerProtection):
         if got.acc is None:
             got.acc = tensor
         else:
-            got.acc += tensor  # in place; CKKSTensor.copy() would deep-copy the context
+            try:
+                got.acc += tensor  # in place; CKKSTensor.copy() would deep-copy the context
+            except (ValueError, TypeError, RuntimeError) as exc:  # TenSEAL: "scale mismatch", shapes
+                raise CiphertextRejectedError(f"update from {cid!r} does not add to the others: {exc}") from None
         got.update_bytes += len(raw)
         got.headers.append(h)
+
+    def _max_update_bytes(self, dim: int) -> int:
+        """The largest encrypted update this server reads: enough ciphertexts for the
+        longest layout (every counter slot used), each at most two uncompressed polynomials."""
+        p = self.params
+        length = Layout(dim, ("",) * MAX_AUX_KEYS, max(1, len(self.key_holders))).length
+        per_ct = 2 * p.poly_modulus_degree * len(p.coeff_mod_bit_sizes) * 8 + 4096
+        return wire.size_limit(0, overhead=(1 << 22) + hzs.num_ciphertexts(p, length) * per_ct)
 
     def aggregate(
         self, clients: Sequence[ClientLike], global_message: bytes, dim: int, exchange: Exchange
@@ -206,9 +221,11 @@ class CKKSServer(ServerProtection):
             raise CiphertextRejectedError(f"key holder {name!r} rejected the aggregate: {msg.header.get('reason')}")
         if msg.kind != wire.Kind.CKKS_AGGREGATE:
             raise WireFormatError(f"expected CKKS_AGGREGATE, got {msg.kind.name}")
-        grid = float(msg.header.get("grid", 0.0))
-        flood = float(msg.header.get("flood_std", 0.0))
-        if not (math.isfinite(grid) and 0 < grid <= flood <= 1.0):
+        try:
+            grid, flood = number_field(msg.header, "grid"), number_field(msg.header, "flood_std")
+        except ProtocolError as exc:
+            raise CiphertextRejectedError(f"key holder released an aggregate with a bad header: {exc}") from None
+        if not (0 < grid <= flood <= 1.0):
             raise CiphertextRejectedError(f"key holder released an aggregate on grid {grid!r}")
         dtype = msg.header.get("dtype")
         if dtype not in ("<i4", "<i8"):

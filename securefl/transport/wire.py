@@ -36,6 +36,9 @@ _FIXED = struct.Struct("<4sBBIQ")
 _DIGEST = 32
 MAX_HEADER = 1 << 20
 MAX_PAYLOAD = 1 << 34
+#: default limit on a whole message :func:`decode` accepts (header, payload, framing);
+#: a caller that knows the model dimension passes a tighter ``max_size`` (see :func:`size_limit`)
+MAX_MESSAGE = 1 << 31
 
 
 class Kind(enum.IntEnum):
@@ -81,10 +84,22 @@ def encode(kind: Kind, header: dict[str, Any], payload: bytes = b"") -> bytes:
     return body + hashlib.sha256(body).digest()
 
 
-def decode(data: bytes, *, expect: Kind | None = None) -> Message:
-    """Parse and check one message."""
+def size_limit(dim: int, *, per_coordinate: int = 64, overhead: int = 1 << 22) -> int:
+    """A message limit for a model of ``dim`` coordinates: ``per_coordinate`` bytes each
+    (a float32 is 4, a CKKS slot far less, a masked ring element 8) plus ``overhead``."""
+    if not isinstance(dim, int) or isinstance(dim, bool) or dim < 0:
+        raise WireFormatError(f"model dimension must be a non-negative integer, got {dim!r}")
+    return min(MAX_MESSAGE, overhead + per_coordinate * dim)
+
+
+def decode(data: bytes, *, expect: Kind | None = None, max_size: int | None = None) -> Message:
+    """Parse and check one message; refuse one over ``max_size`` bytes
+    (:data:`MAX_MESSAGE` by default) before reading any of it."""
     if not isinstance(data, (bytes, bytearray, memoryview)):
         raise WireFormatError(f"expected bytes, got {type(data).__name__}")
+    limit = MAX_MESSAGE if max_size is None else max_size
+    if len(data) > limit:
+        raise WireFormatError(f"message of {len(data)} bytes exceeds the limit of {limit} bytes")
     data = bytes(data)
     if len(data) < _FIXED.size + _DIGEST:
         raise WireFormatError(f"message of {len(data)} bytes is shorter than the fixed header")
@@ -123,6 +138,8 @@ def vector_to_bytes(vector: torch.Tensor) -> bytes:
 
 def bytes_to_vector(payload: bytes, length: int) -> torch.Tensor:
     """Inverse of :func:`vector_to_bytes`; checks the length and finiteness."""
+    if not isinstance(length, int) or isinstance(length, bool) or length < 0:
+        raise WireFormatError(f"vector length expected a non-negative integer, got {length!r}")
     if len(payload) != 4 * length:
         raise WireFormatError(f"vector payload has {len(payload)} bytes, expected {4 * length}")
     arr = np.frombuffer(payload, dtype="<f4").astype(np.float32)

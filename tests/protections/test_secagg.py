@@ -96,8 +96,10 @@ def test_cli_secagg_with_dropouts_counts_them(tmp_path, capsys):
         ["train", "--protect", "secagg", "--clients", "6", "--rounds", "2", "--model", "logreg", "--local-epochs", "0.5",
          "--dropout", "0.5", "--secagg-threshold", "0.51", "--out", str(tmp_path), "--no-progress"]
     )
-    assert rc == 0
     m = json.loads((tmp_path / "metrics.json").read_text())
+    aborted = sum(r["aborted"] is not None for r in m["rounds"])
+    # dropouts are drawn fresh each run; a run that lost more than half its rounds must say so
+    assert rc == (1 if 2 * aborted > len(m["rounds"]) else 0)
     assert m["final"]["dropouts"] == sum(len(r["dropped"]) for r in m["rounds"]) > 0
     for r in m["rounds"]:
         if r["aborted"] is None:

@@ -122,5 +122,8 @@ def test_released_update_divides_by_the_expected_count():
     # and that denominator is q N = 4, not the 3 or 4 that answered
     noise = SecureRNG.from_seed(0, "server")
     noise.sample(4, 4)  # the server's sampling draw comes first
-    expected = (torch.tensor([0.5, -0.5, 0.25, 0.0], dtype=torch.float64) + noise.normal((4,), 1.0, dtype=torch.float64)) / 4
+    from securefl.privacy.noise import noisy_on_grid
+
+    query = torch.tensor([0.5, -0.5, 0.25, 0.0], dtype=torch.float64)
+    expected = noisy_on_grid(query, noise_multiplier=1.0, clip=1.0, rng=noise) / 4
     torch.testing.assert_close(present, expected.float())

@@ -20,6 +20,7 @@ from typing import Any
 import numpy as np
 
 from securefl.crypto.hazmat.ckks import CKKSParams
+from securefl.crypto.hazmat.tenseal_wire import check_tensor_encoding
 from securefl.exceptions import CKKSParameterError, CiphertextRejectedError, CryptoUsageError
 
 
@@ -312,6 +313,7 @@ def load_ciphertext(ctx, params: CKKSParams, data: bytes, length: int):
 
         _seal_load(blobs, load)
         return SeededVector(ctx, cts)
+    check_tensor_encoding(bytes(data), params, k)
     ts = _ts()
     try:
         tensor = ts.ckks_tensor_from(ctx, bytes(data))

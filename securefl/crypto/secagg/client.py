@@ -50,6 +50,7 @@ from securefl.crypto.secagg.common import (
     id_list,
     pair_info,
     pair_mask_info,
+    round_field,
     self_mask_info,
     survivors_transcript,
 )
@@ -58,7 +59,6 @@ from securefl.transport import wire
 
 #: the RoundGuard stage: a round number is advertised (keys issued) at most once
 ADVERTISE_STAGE = "secagg-advertise"
-
 # stage markers
 _ADVERTISED, _SHARED, _READY, _MASKED, _SIGNED, _DONE = range(1, 7)
 
@@ -142,7 +142,7 @@ class SecAggClient:
         return handler(msg)
 
     def _state(self, header: Mapping[str, Any], stage: int, what: str) -> _Round:
-        r = field(header, "round", int)
+        r = round_field(header)
         st = self._rounds.get(r)
         if st is None or st.stage != stage:
             raise ProtocolError(f"client {self.client_id}: {what} request out of order in round {r}")
@@ -194,7 +194,7 @@ class SecAggClient:
         """Stage 1: check the cohort and parameters, record the round (never again),
         then send fresh round keys (signed in the malicious option)."""
         h = msg.header
-        r = field(h, "round", int)
+        r = round_field(h)
         roster = id_list(h.get("roster"), "roster")
         neighbors = id_list(h.get("neighbors"), "neighbors")
         self._check_cohort(roster, neighbors)
@@ -339,7 +339,7 @@ class SecAggClient:
         valid consistency signatures (malicious option) or the announced cohort
         (honest-but-curious server) otherwise."""
         h = msg.header
-        r = field(h, "round", int)
+        r = round_field(h)
         st = self._rounds.get(r)
         if st is not None and st.stage == _DONE:
             raise ProtocolError(f"client {self.client_id} already answered an unmasking request in round {r}")

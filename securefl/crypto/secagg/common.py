@@ -7,7 +7,7 @@ import json
 import math
 import struct
 from dataclasses import dataclass
-from typing import Any, Iterable
+from typing import Any, Iterable, Mapping
 
 import numpy as np
 import torch
@@ -148,7 +148,22 @@ def field(header: dict[str, Any], name: str, kind: type) -> Any:
     return v
 
 
+#: round numbers travel as unsigned 64-bit integers in every transcript; a client's
+#: round guard keeps them positive, so the valid range is [1, 2^63 - 1]
+MAX_ROUND = 2**63 - 1
+
+
+def round_field(header: Mapping[str, Any]) -> int:
+    """The ``round`` of a stage message: an integer in [1, :data:`MAX_ROUND`]."""
+    r = field(header, "round", int)
+    if not 1 <= r <= MAX_ROUND:
+        raise ProtocolError(f"message field 'round'={r} out of range [1, {MAX_ROUND}]")
+    return r
+
+
 def round_bytes(round_: int) -> bytes:
+    if not isinstance(round_, int) or isinstance(round_, bool) or not 0 <= round_ < 2**64:
+        raise ProtocolError(f"round {round_!r} is not an unsigned 64-bit integer")
     return struct.pack("<Q", round_)
 
 

@@ -111,10 +111,11 @@ class SecAggServer:
                     changed = True
         return alive
 
-    def _decode(self, raw: bytes | None, kind: wire.Kind, u: str) -> wire.Message | None:
+    def _decode(self, raw: bytes | None, kind: wire.Kind, u: str, dim: int = 0) -> wire.Message | None:
         if raw is None:
             return None
-        msg = wire.decode(raw, expect=kind)
+        # key stages: a few hundred bytes per neighbour; masked input: one ring element a coordinate
+        msg = wire.decode(raw, expect=kind, max_size=wire.size_limit(dim, per_coordinate=8))
         if msg.header.get("round") != self.round or msg.header.get("client") != u:
             raise ProtocolError(f"{kind.name} from {u} names another round or client")
         self.stage_bytes[kind.name] = self.stage_bytes.get(kind.name, 0) + len(raw)
@@ -189,7 +190,7 @@ class SecAggServer:
     def collect_masked(self, replies: Mapping[str, bytes | None], dim: int) -> list[str]:
         dtype = np.dtype(self.codec.dtype).newbyteorder("<")
         for u, raw in replies.items():
-            msg = self._decode(raw, wire.Kind.SECAGG_MASKED_INPUT, u)
+            msg = self._decode(raw, wire.Kind.SECAGG_MASKED_INPUT, u, dim)
             if msg is None:
                 continue
             keys = msg.header.get("aux")
