@@ -1,0 +1,165 @@
+"""The whole run's config and its flat (CLI flag / TOML key) form."""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+from securefl.exceptions import ConfigTypeError, ConfigValueError
+from securefl.validators import check_choice as _choice
+from securefl.validators import check_float as _float
+from securefl.validators import check_int as _int
+
+from securefl.config.parts import ClientConfig, DPConfig, ProtectConfig, ServerConfig
+from securefl.config.vocab import DATASET_NAMES, MODEL_NAMES, PARTITION_NAMES, PROTECT_NAMES, DPMode
+
+@dataclass(frozen=True)
+class RunConfig:
+    """A whole federated run: data, partition, model, protection and the sub-configs."""
+
+    dataset: str = "digits"
+    clients: int = 10
+    partition: str = "dirichlet"
+    alpha: float = 1.0
+    shards_per_client: int = 2
+    model: str = "mlp"
+    hidden: int = 64
+    protect: str = "none"
+    seed: int = 0
+    test_fraction: float = 0.2
+    dp: DPConfig = field(default_factory=DPConfig)
+    client: ClientConfig = field(default_factory=ClientConfig)
+    server: ServerConfig = field(default_factory=ServerConfig)
+    protection: ProtectConfig = field(default_factory=ProtectConfig)
+
+    def __post_init__(self) -> None:
+        _choice("dataset", self.dataset, sorted(DATASET_NAMES))
+        _int("clients", self.clients, 1, 100_000)
+        if self.clients < 2:
+            raise ConfigValueError("clients", self.clients, "a federation needs at least 2 clients")
+        _choice("partition", self.partition, sorted(PARTITION_NAMES))
+        _float("alpha", self.alpha, 0.0, lo_open=True)
+        _int("shards_per_client", self.shards_per_client, 1)
+        _choice("model", self.model, sorted(MODEL_NAMES))
+        _int("hidden", self.hidden, 1)
+        _choice("protect", self.protect, sorted(PROTECT_NAMES))
+        _int("seed", self.seed, 0, 2**63 - 1)
+        _float("test_fraction", self.test_fraction, 0.0, 0.9, lo_open=True)
+        for name, cls in _SUBCONFIGS.items():
+            if not isinstance(getattr(self, name), cls):
+                raise ConfigTypeError(name, getattr(self, name), f"must be a {cls.__name__}")
+        self._check_client_dp()
+        self._check_cohort()
+
+    @property
+    def expected_cohort(self) -> int:
+        """Clients in a round under fixed sampling (at least one)."""
+        return max(1, round(self.server.fraction * self.clients))
+
+    def _check_client_dp(self) -> None:
+        """Rules that client-level DP and its distributed form put on the rest of the run."""
+        client_dp = self.dp.mode is DPMode.CLIENT
+        if client_dp and self.server.sampling == "fixed" and self.server.fraction < 1.0:
+            raise ConfigValueError(
+                "sampling",
+                "fixed",
+                "client-level DP accounting assumes Poisson client sampling; "
+                "use --sampling poisson or --fraction 1",
+            )
+        if self.protection.secagg_distributed_dp and (self.protect != "secagg" or not client_dp or self.dp.adaptive_clip):
+            raise ConfigValueError(
+                "secagg_distributed_dp",
+                True,
+                "distributed DP noise needs --protect secagg and --dp client with a fixed clip "
+                f"(got protect={self.protect!r}, dp={self.dp.dp!r}, adaptive_clip={self.dp.adaptive_clip})",
+            )
+        if client_dp and self.server.aggregator != "mean":
+            raise ConfigValueError(
+                "aggregator",
+                self.server.aggregator,
+                "DP-FedAvg calibrates its noise to the sum of clipped updates; use aggregator 'mean' with dp='client'",
+            )
+
+    def _check_cohort(self) -> None:
+        """Multi-Krum averages at most the clients of a round. (Whether a round holds
+        enough clients for a robust rule's Byzantine bound is the rule's own maths:
+        :func:`securefl.build.check`.)"""
+        expected = self.expected_cohort
+        fixed, p = self.server.sampling == "fixed", self.protection
+        if self.protect in ("ckks", "secagg") and fixed and expected < p.min_clients <= self.clients:
+            why = f"--protect {self.protect}: a round samples {expected} clients, fewer than this; no round could aggregate"
+            raise ConfigValueError("min_clients", p.min_clients, why)
+        if self.protect == "ckks" and p.ckks_max_clients is not None:
+            sampled = expected if fixed else self.clients
+            if p.ckks_max_clients < sampled:
+                raise ConfigValueError("ckks_max_clients", p.ckks_max_clients, f"must be >= the {sampled} clients a round can sample")
+        if self.server.aggregator == "multikrum" and self.server.krum_m is not None and self.server.krum_m > expected:
+            raise ConfigValueError("krum_m", self.server.krum_m, f"must be <= the {expected} clients of a round")
+
+    # ------------------------------------------------------------------ flat I/O
+    @classmethod
+    def field_owner(cls) -> dict[str, str]:
+        """Map every flat field name to the sub-config that owns it ('' = top level)."""
+        owner: dict[str, str] = {}
+        for f in dataclasses.fields(cls):
+            if f.name in _SUBCONFIGS:
+                continue
+            owner[f.name] = ""
+        for sub, sub_cls in _SUBCONFIGS.items():
+            for f in dataclasses.fields(sub_cls):
+                owner[f.name] = sub
+        return owner
+
+    @classmethod
+    def from_flat(cls, values: Mapping[str, Any]) -> "RunConfig":
+        """Build a config from flat ``name -> value`` pairs (CLI flags, TOML keys)."""
+        owner = cls.field_owner()
+        top: dict[str, Any] = {}
+        subs: dict[str, dict[str, Any]] = {name: {} for name in _SUBCONFIGS}
+        for key, value in values.items():
+            if key not in owner:
+                raise ConfigValueError(key, value, "unknown setting")
+            (subs[owner[key]] if owner[key] else top)[key] = value
+        return cls(**{name: sub_cls(**subs[name]) for name, sub_cls in _SUBCONFIGS.items()}, **top)
+
+    @classmethod
+    def flatten_sections(cls, data: Mapping[str, Any]) -> dict[str, Any]:
+        """Flatten a TOML document: keys outside tables and the tables of :data:`TOML_SECTIONS`.
+        An unknown table or a key in another's table is a ConfigValueError (field ``config``)."""
+        owner, flat = cls.field_owner(), {}
+        for key, value in data.items():
+            if key not in TOML_SECTIONS and isinstance(value, dict):
+                raise ConfigValueError("config", f"[{key}]", f"unknown section [{key}] (sections: {', '.join(TOML_SECTIONS)})")
+            for k, v in value.items() if isinstance(value, dict) else [(key, value)]:
+                name = k.replace("-", "_")
+                home = next((t for t, o in TOML_SECTIONS.items() if o == owner.get(name)), key)
+                if isinstance(value, dict) and (isinstance(v, dict) or home != key and (key, name) != ("protection", "protect")):
+                    why = f"unknown section [{key}.{k}]" if isinstance(v, dict) else f"{k} belongs in section [{home}], not [{key}]"
+                    raise ConfigValueError("config", f"[{key}] {k}", why)
+                flat[name] = v
+        return flat
+
+    def to_flat(self) -> dict[str, Any]:
+        """The inverse of :meth:`from_flat`: every setting under its flat name."""
+        flat: dict[str, Any] = {}
+        for f in dataclasses.fields(self):
+            value = getattr(self, f.name)
+            if dataclasses.is_dataclass(value):
+                flat.update(dataclasses.asdict(value))
+            else:
+                flat[f.name] = value
+        return flat
+
+
+#: the tables of a TOML run file, each with the sub-config whose fields it takes ('' =
+#: the top-level ones, and [protection] takes ``protect`` too); keys may stand outside any table
+TOML_SECTIONS = {"data": "", "dp": "dp", "client": "client", "server": "server", "protection": "protection"}
+
+#: the sub-configs of :class:`RunConfig`, by field name
+_SUBCONFIGS: dict[str, type] = {
+    "dp": DPConfig,
+    "client": ClientConfig,
+    "server": ServerConfig,
+    "protection": ProtectConfig,
+}
