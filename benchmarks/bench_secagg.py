@@ -1,28 +1,28 @@
 """Cost of secure aggregation (``--protect secagg``): client masking and server unmasking.
 
-Runs the real protocol (every stage, every byte through the counting exchange) with
-in-memory clients whose "training" returns a fixed update, for each ``--case``
-``n:k`` (``k = 0``: the complete graph of Bonawitz et al.; ``k > 0``: SecAgg+ with
-``k`` neighbours). A ``--dropout`` fraction of the clients vanish after sharing
-their keys and before sending their masked input, the expensive case for the
-server, which must then rebuild and remove their pairwise masks.
+Default mode (the README figures): the ``secagg`` section of ``securefl bench``
+(:func:`securefl.bench.secagg.run`): client masking at n=100 (complete graph) and
+n=1000 (SecAgg+) with d=1M beside a plain AES-CTR reference in the same process,
+server unmasking on the complete graph at n=300 and n=1000 (d=10k, with and
+without 10% dropout), and SecAgg+ server time from n=100 to 1000 with the fitted
+log-log exponent. Medians of repeats, CPU (``time.process_time``) and wall time,
+load average noted. Writes JSON and, next to it, the Markdown table and a plot:
 
-Reported per case: a client's masked-input time (fixed-point encoding + masks;
-median over clients), the per-peer mask cost, the server's unmasking time (share
-reconstruction + mask removal + decoding), every stage's server time, and the
-upload per client against float32. Times are CPU seconds of this process
-(``time.process_time``), which a busy shared machine distorts far less than wall
-time; wall times are reported beside them.
+    python benchmarks/bench_secagg.py benchmarks/results/bench_secagg.json [--quick]
 
-    python benchmarks/bench_secagg.py benchmarks/results/bench_secagg.json --dim 1000000 --case 100:0 1000:20
+``--case n:k`` mode runs the whole protocol with every client in this process
+(``k = 0``: complete graph; ``k > 0``: SecAgg+ with ``k`` neighbours), a
+``--dropout`` fraction vanishing after sharing their keys, and reports a client's
+masked-input time (median over clients), the per-peer mask cost, every server
+stage and the upload per client against float32:
+
+    python benchmarks/bench_secagg.py out.json --dim 1000000 --case 100:0 1000:20
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import os
-import platform
 import statistics
 import sys
 import time
@@ -31,6 +31,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from securefl.bench import secagg as section
 from securefl.crypto.secagg.common import SecAggSettings
 from securefl.protections.secagg import SecAggClientProtection, SecAggServerProtection
 from securefl.crypto.secagg.server import SecAggServer
@@ -138,12 +139,22 @@ def bench_case(n: int, k: int, dim: int, dropout: float, threshold: float) -> di
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("out", type=Path, help="JSON file to write")
-    ap.add_argument("--dim", type=int, default=1_000_000)
-    ap.add_argument("--case", nargs="+", default=["100:0", "1000:20"], help="n:k pairs (k=0: complete graph)")
-    ap.add_argument("--dropout", type=float, default=0.1)
-    ap.add_argument("--threshold", type=float, default=0.6)
+    ap.add_argument("out", type=Path, help="JSON file to write (the Markdown table and plot go next to it)")
+    ap.add_argument("--quick", action="store_true", help="fewer sizes and repeats")
+    ap.add_argument("--case", nargs="+", help="n:k pairs: the whole protocol, every client (k=0: complete graph)")
+    ap.add_argument("--dim", type=int, default=1_000_000, help="with --case")
+    ap.add_argument("--dropout", type=float, default=0.1, help="with --case")
+    ap.add_argument("--threshold", type=float, default=0.6, help="with --case")
     ns = ap.parse_args(argv)
+    ns.out.parent.mkdir(parents=True, exist_ok=True)
+    if not ns.case:
+        doc = section.run(quick=ns.quick)
+        ns.out.write_text(json.dumps(doc, indent=2) + "\n")
+        md = section.markdown(doc)
+        ns.out.with_suffix(".md").write_text(md)
+        section.plot(doc, str(ns.out.with_suffix(".png")))
+        print(md)
+        return 0
     results = []
     for case in ns.case:
         n, k = (int(v) for v in case.split(":"))
@@ -152,12 +163,11 @@ def main(argv: list[str] | None = None) -> int:
         results.append(res)
     doc = {
         "benchmark": "secagg",
-        "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
+        "machine": section.machine(),
         "note": "single process; CPU times (process_time) are the figures to compare, wall "
         "times on a shared machine include waiting for a core",
         "results": results,
     }
-    ns.out.parent.mkdir(parents=True, exist_ok=True)
     ns.out.write_text(json.dumps(doc, indent=2) + "\n")
     return 0
 

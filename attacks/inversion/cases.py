@@ -60,9 +60,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from attacks.common.grads import per_example_grads
-from securefl.crypto.secagg.common import SecAggSettings, distributed_noise_stddev
+from securefl.crypto.secagg.common import SecAggSettings, distributed_noise_stddev, noise_units
 from securefl.exceptions import ConfigTypeError, ConfigValueError
-from securefl.models import build_model
+from securefl.models import build_model, check_model
 from securefl.privacy.client_dp import clip_update
 from securefl.privacy.dpsgd import dp_sgd_train
 from securefl.privacy.noise import SecureRNG
@@ -261,14 +261,14 @@ def noise_share(case: CaseConfig, dim: int, rng: SecureRNG) -> torch.Tensor:
     """One client's distributed-DP noise share (float64, length ``dim``): standard
     deviation :func:`distributed_noise_stddev` for :meth:`CaseConfig.secagg_settings`
     in a round of ``case.clients`` (threshold and grid resolution from the library),
-    drawn in grid units and rounded to the grid as the secure-aggregation client does."""
+    an exact discrete Gaussian in grid units, as the secure-aggregation client draws it."""
     settings = case.secagg_settings()
     resolution = settings.codec(case.clients).resolution
     sigma = distributed_noise_stddev(
         settings, dim=dim, threshold=settings.threshold_for(case.clients), resolution=resolution
     )
-    units = rng.normal((dim,), sigma / resolution, dtype=torch.float64).numpy()
-    return torch.from_numpy(np.rint(units) * resolution)
+    units = rng.discrete_gaussian(dim, noise_units(sigma, resolution))
+    return torch.from_numpy(units.astype(np.float64) * resolution)
 
 
 def client_release(delta: list[torch.Tensor], case: CaseConfig, rng: SecureRNG) -> tuple[list[torch.Tensor], float]:
@@ -345,6 +345,16 @@ def trial_batches(
     return out
 
 
+def analytic_applies(model: str, input_shape: tuple[int, ...], num_classes: int) -> bool:
+    """Whether the analytic attack applies to ``model``: its first layer is fully connected with a bias."""
+    net = build_model(model, input_shape, num_classes, seed=0)
+    first = next((m for m in net.modules() if isinstance(m, (nn.Linear, nn.Conv2d))), None)
+    return isinstance(first, nn.Linear) and first.bias is not None
+
+
 def build_case_model(case: CaseConfig, input_shape: tuple[int, ...], num_classes: int, seed: int) -> nn.Module:
-    """The round's global model: a freshly initialised network (round 0)."""
-    return build_model(case.model, input_shape, num_classes, hidden=case.hidden, seed=seed)
+    """The round's global model: a freshly initialised network (round 0), checked
+    against the data and, under ``dp="sample"``, Opacus (:func:`securefl.models.check_model`)."""
+    model = build_model(case.model, input_shape, num_classes, hidden=case.hidden, seed=seed)
+    check_model(model, case.model, input_shape=input_shape, num_classes=num_classes, dp=case.dp)
+    return model

@@ -121,7 +121,7 @@ class Roster:
 
     def check_members(self, ids: Iterable[str], what: str) -> None:
         """Refuse a list naming anyone outside the roster."""
-        unknown = sorted(set(ids) - set(self.members))
+        unknown = sorted({i for i in ids if i not in self.members})  # O(len(ids)) dict lookups
         if unknown:
             raise ProtocolError(f"{what} names identities outside the pinned roster: {unknown}")
 

@@ -15,9 +15,12 @@ the seed rebuild the polynomial from a single share. Secure aggregation shares
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import dataclass
 from functools import lru_cache
+from itertools import accumulate, repeat
+from operator import mul
 from typing import Iterable, Sequence
 
 from securefl.exceptions import ConfigValueError, ProtocolError
@@ -105,30 +108,127 @@ def _check_points(xs: Iterable[int]) -> None:
         seen.add(x)
 
 
-@lru_cache(maxsize=4096)
+def _reduce(v: int) -> int:
+    """``v mod p`` for ``0 <= v < 2^1042`` (a product of two reduced elements):
+    with the Mersenne prime, fold the high bits onto the low ones (several
+    times cheaper than ``%``)."""
+    v = (v & PRIME) + (v >> 521)
+    if v >= PRIME:
+        v -= PRIME
+    return v - PRIME if v >= PRIME else v
+
+
+def _batch_inverse(values: Sequence[int]) -> list[int]:
+    """Inverses modulo the prime of non-zero reduced ``values`` with a single
+    ``pow`` (Montgomery's trick: prefix products, one inversion, a backward sweep)."""
+    prefix = [1]
+    for v in values:
+        prefix.append(_reduce(prefix[-1] * v))
+    inv = pow(prefix[-1], -1, PRIME)
+    out = [0] * len(values)
+    for i in range(len(values) - 1, -1, -1):
+        out[i] = _reduce(inv * prefix[i])
+        inv = _reduce(inv * values[i])
+    return out
+
+
+#: factorial tables cover holder indices up to this (two lists of about 8k elements)
+_TABLE_LIMIT = 1 << 13
+#: points below this in magnitude multiply exactly without reduction (holder indices)
+_SMALL = 1 << 32
+#: the parity check's h uses exact powers x^j while they stay below this many bits
+_POWER_BITS = 1024
+
+
+@lru_cache(maxsize=16)
+def _factorials(n: int) -> tuple[list[int], list[int]]:
+    """``k!`` and ``1/k!`` modulo the prime for ``k = 0..n``."""
+    fact = [1] * (n + 1)
+    for k in range(1, n + 1):
+        fact[k] = fact[k - 1] * k % PRIME
+    inv = [1] * (n + 1)
+    inv[n] = pow(fact[n], -1, PRIME)
+    for k in range(n, 0, -1):
+        inv[k - 1] = inv[k] * k % PRIME
+    return fact, inv
+
+
+def _table(top: int) -> tuple[list[int], list[int]] | None:
+    """Factorials up to at least ``top`` (a power-of-two size: few tables, cached)."""
+    return _factorials(1 << max(top, 1).bit_length()) if 0 < top <= _TABLE_LIMIT else None
+
+
+def _weights_dense(xs: tuple[int, ...]) -> list[int] | None:
+    """Barycentric weights when the points fill most of ``1..max(xs)`` (holder
+    indices with a few absentees): from factorials, O(m * absentees) products."""
+    top = max(xs)
+    table = _table(top)
+    if table is None or min(xs) < 1 or top > 2 * len(xs) + 16:
+        return None
+    present = set(xs)
+    missing = [k for k in range(1, top + 1) if k not in present]
+    if len(missing) > len(xs):
+        return None
+    inv_fact = table[1]
+    out = []
+    for x in xs:
+        # prod_{k != x, 1 <= k <= top} (x - k) = (-1)^(top - x) (x - 1)! (top - x)!
+        w = math.prod(x - k for k in missing) * inv_fact[x - 1] * inv_fact[top - x] % PRIME
+        out.append(PRIME - w if (top - x) % 2 and w else w)
+    return out
+
+
+@lru_cache(maxsize=256)
+def barycentric_weights(xs: tuple[int, ...]) -> tuple[int, ...]:
+    """``w_i = 1 / prod_{j != i} (x_i - x_j)`` modulo the prime (the barycentric
+    weights of Berrut and Trefethen, SIAM Review 2004), with one modular
+    inversion in all. Cached per holder set."""
+    dense = _weights_dense(xs)
+    if dense is not None:
+        return tuple(dense)
+    if max(map(abs, xs)) < _SMALL:  # exact products of small differences, one reduction each
+        dens = [math.prod(xi - xj for xj in xs if xj != xi) % PRIME for xi in xs]
+    else:
+        dens = []
+        for xi in xs:
+            den = 1
+            for xj in xs:
+                if xj != xi:
+                    den = den * (xi - xj) % PRIME
+            dens.append(den)
+    return tuple(_batch_inverse(dens))
+
+
+def _inverses(values: Sequence[int]) -> list[int]:
+    """``1/v`` modulo the prime: from the factorial table for holder indices, else
+    by :func:`_batch_inverse`."""
+    table = _table(max(values)) if min(values) > 0 else None
+    if table is None:
+        return _batch_inverse([v % PRIME for v in values])
+    fact, inv_fact = table
+    return [fact[v - 1] * inv_fact[v] % PRIME for v in values]
+
+
+@lru_cache(maxsize=256)
 def lagrange_coefficients(xs: tuple[int, ...], at: int) -> tuple[int, ...]:
     """The weights ``l_i`` with ``f(at) = sum l_i * f(x_i)`` for any polynomial of
-    degree below ``len(xs)``. Cached: a server reconstructing many secrets from the
-    same holders computes them once (one modular inversion in all, batched)."""
-    nums, dens = [], []
-    for i, xi in enumerate(xs):
-        num, den = 1, 1
-        for j, xj in enumerate(xs):
-            if i != j:
-                num = num * (at - xj) % PRIME
-                den = den * (xi - xj) % PRIME
-        nums.append(num)
-        dens.append(den)
-    # batch inversion (Montgomery's trick): one pow() for all denominators
-    prefix = [1]
-    for d in dens:
-        prefix.append(prefix[-1] * d % PRIME)
-    inv = pow(prefix[-1], -1, PRIME)
-    out = [0] * len(xs)
-    for i in range(len(xs) - 1, -1, -1):
-        out[i] = nums[i] * inv * prefix[i] % PRIME
-        inv = inv * dens[i] % PRIME
-    return tuple(out)
+    degree below ``len(xs)``: ``l_i = w_i * prod_j (at - x_j) / (at - x_i)`` from the
+    barycentric weights, O(m) once those are known. Cached per holder set."""
+    if at in xs:
+        return tuple(int(x == at) for x in xs)
+    node = math.prod(at - x for x in xs) % PRIME if max(map(abs, xs)) < _SMALL else _node(xs, at)
+    if at == 0:  # 1/(0 - x) = -(1/x)
+        inv = [PRIME - i for i in _inverses(xs)]
+    else:
+        inv = _batch_inverse([(at - x) % PRIME for x in xs])
+    return tuple(_reduce(_reduce(w * node) * i) for w, i in zip(barycentric_weights(xs), inv))
+
+
+def _node(xs: Sequence[int], at: int) -> int:
+    out = 1
+    for x in xs:
+        out = out * (at - x) % PRIME
+    return out
 
 
 def _interpolate_at(shares: Sequence[Share], at: int) -> int:
@@ -136,26 +236,113 @@ def _interpolate_at(shares: Sequence[Share], at: int) -> int:
     return sum(c * s.y for c, s in zip(coeffs, shares)) % PRIME
 
 
-def combine(shares: Sequence[Share], threshold: int) -> int:
-    """The secret (as a field element) from at least ``threshold`` shares.
+def _parity_check(xs: tuple[int, ...], threshold: int, r: int) -> list[int]:
+    """A random row of the parity-check matrix of the Reed-Solomon code at ``xs``.
 
-    Extra shares are checked against the polynomial fixed by the ``threshold``
-    shares with the smallest points; a share that does not lie on it raises :class:`ProtocolError`
-    rather than yielding a wrong secret.
+    ``y`` are evaluations of one polynomial of degree < t exactly when
+    ``sum_i w_i h(x_i) y_i = 0`` for every ``h`` of degree < m - t (the dual of a
+    Reed-Solomon code is a generalized one; MacWilliams and Sloane, ch. 10). With
+    ``h(x) = sum_{j < m-t} (r x)^j`` for a random ``r``, an inconsistent ``y`` passes
+    only if ``r`` is a root of a non-zero polynomial of degree < m - t: probability
+    below ``m / p`` (about 2^-511)."""
+    k = len(xs) - threshold
+    if k * max(map(abs, xs)).bit_length() <= _POWER_BITS:
+        # few extra shares at small points: sum_j r^j * x^j with exact powers x^j
+        rpow = list(accumulate(repeat(r, k - 1), _mulmod, initial=1))
+        h = [sum(map(mul, rpow, accumulate(repeat(x, k - 1), mul, initial=1))) % PRIME for x in xs]
+    else:  # the geometric sum in closed form, (g^k - 1) / (g - 1) with g = r x
+        g = [r * x % PRIME for x in xs]
+        inv = iter(_batch_inverse([(v - 1) % PRIME for v in g if v != 1]))
+        h = [k % PRIME if v == 1 else (pow(v, k, PRIME) - 1) * next(inv) % PRIME for v in g]
+    return [_reduce(w * hv) for w, hv in zip(barycentric_weights(xs), h)]
+
+
+def _mulmod(a: int, b: int) -> int:
+    return _reduce(a * b)
+
+
+def combine_many(groups: Sequence[Sequence[Share]], threshold: int) -> list[int]:
+    """The secrets (field elements) of several share lists, each of at least
+    ``threshold`` shares (:func:`combine_points` on the shares' points and values)."""
+    return combine_points([([s.x for s in g], [s.y for s in g]) for g in groups], threshold)
+
+
+def _check_columns(xs: Sequence[int], ys: Sequence[int], threshold: int) -> None:
+    if len(xs) != len(ys):
+        raise ConfigValueError("shares", len(ys), f"need one value per point ({len(xs)} points)")
+    if len(xs) < threshold:
+        raise ProtocolError(f"{len(xs)} shares cannot reconstruct a {threshold}-of-n secret")
+    fast = all(type(x) is int for x in xs) and len(set(xs)) == len(xs) and 0 < min(xs) and max(xs) < PRIME
+    if not fast:
+        _check_points(xs)  # the precise error
+    if not all(type(y) is int and 0 <= y < PRIME for y in ys):
+        raise ProtocolError("share value out of the field")
+
+
+def _check_consistent(xs: tuple[int, ...], rows: list[Sequence[int]], threshold: int, r: int) -> None:
+    """Refuse unless every row of values lies on one polynomial of degree < t.
+
+    One random parity check (:func:`_parity_check`, challenge ``r``) of a random
+    combination ``sum_s rho_s y_s`` of the rows (128-bit ``rho_s`` from
+    ``os.urandom``): if some row is off its polynomial, its check value is non-zero
+    except with probability below m / p, and then the combination's is non-zero
+    except with probability 2^-128 (at most one ``rho_s`` cancels the others).
+    Small ``rho`` keep the combination cheap: the rows of a holder set cost one
+    full-size inner product in all, not one each."""
+    if len(rows) == 1:
+        combined = rows[0]
+    else:
+        raw = os.urandom(16 * len(rows))
+        rho = [int.from_bytes(raw[i : i + 16], "big") for i in range(0, len(raw), 16)]
+        combined = [sum(map(mul, rho, column)) for column in zip(*rows)]
+    if sum(map(mul, _parity_check(xs, threshold, r), combined)) % PRIME:
+        raise ProtocolError(f"shares are inconsistent: they do not lie on one polynomial of degree < {threshold}")
+
+
+def combine_points(groups: Sequence[tuple[Sequence[int], Sequence[int]]], threshold: int) -> list[int]:
+    """The secrets of several secrets' shares, each given as ``(xs, ys)`` with at
+    least ``threshold`` points.
+
+    All shares of a secret must lie on one polynomial of degree below
+    ``threshold``: checked by :func:`_check_consistent`, once per holder set, with
+    a challenge from ``os.urandom`` drawn after every share is fixed. A secret
+    with any share off its polynomial raises :class:`ProtocolError` (the same
+    message whichever share it is) rather than yielding a wrong value. Cost: one
+    inner product per holder set and one of length t per secret, with the
+    weights cached per holder set, instead of an interpolation per extra share.
     """
     if not is_int(threshold) or threshold < 1:
         raise ConfigValueError("threshold", threshold, "must be a positive integer")
-    if len(shares) < threshold:
-        raise ProtocolError(f"{len(shares)} shares cannot reconstruct a {threshold}-of-n secret")
-    _check_points(s.x for s in shares)
-    ordered = sorted(shares, key=lambda s: s.x)  # a canonical base set keeps the cache warm
-    base, shares = ordered[:threshold], ordered
-    for extra in shares[threshold:]:
-        if _interpolate_at(base, extra.x) != extra.y:
-            raise ProtocolError(f"share at x={extra.x} is inconsistent with the others")
-    return _interpolate_at(base, 0)
+    by_set: dict[tuple[int, ...], list[tuple[int, Sequence[int]]]] = {}  # holder set -> (index, values)
+    for index, (xs, ys) in enumerate(groups):
+        _check_columns(xs, ys, threshold)
+        if any(a > b for a, b in zip(xs, xs[1:])):  # canonical order keeps the caches warm
+            xs, ys = zip(*sorted(zip(xs, ys)))
+        by_set.setdefault(tuple(xs), []).append((index, ys))
+    r = _random_element()
+    out = [0] * len(groups)
+    for xs, rows in by_set.items():
+        if len(xs) > threshold:
+            _check_consistent(xs, [ys for _, ys in rows], threshold, r)
+        # any t consistent shares fix the secret: the first t when the holder set is
+        # shared (their weights computed once), else all (the check's weights)
+        coeffs = lagrange_coefficients(xs[:threshold] if len(rows) > 1 else xs, 0)
+        for index, ys in rows:
+            out[index] = sum(map(mul, coeffs, ys)) % PRIME
+    return out
+
+
+def combine(shares: Sequence[Share], threshold: int) -> int:
+    """The secret (as a field element) from at least ``threshold`` shares
+    (:func:`combine_many` for one list)."""
+    return combine_many([shares], threshold)[0]
 
 
 def combine_bytes(shares: Sequence[Share], threshold: int) -> bytes:
     """:func:`combine` for a secret that was shared as bytes."""
     return int_to_secret(combine(shares, threshold))
+
+
+def combine_bytes_many(groups: Sequence[Sequence[Share]], threshold: int) -> list[bytes]:
+    """:func:`combine_many` for secrets that were shared as bytes."""
+    return [int_to_secret(v) for v in combine_many(groups, threshold)]

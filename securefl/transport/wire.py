@@ -80,8 +80,10 @@ def encode(kind: Kind, header: dict[str, Any], payload: bytes = b"") -> bytes:
     hb = json.dumps(header, sort_keys=True, separators=(",", ":")).encode()
     if len(hb) > MAX_HEADER or len(payload) > MAX_PAYLOAD:
         raise WireFormatError("message too large")
-    body = _FIXED.pack(MAGIC, VERSION, int(kind), len(hb), len(payload)) + hb + payload
-    return body + hashlib.sha256(body).digest()
+    head = _FIXED.pack(MAGIC, VERSION, int(kind), len(hb), len(payload)) + hb
+    digest = hashlib.sha256(head)
+    digest.update(payload)
+    return b"".join((head, payload, digest.digest()))  # one copy of a large payload, not two
 
 
 def size_limit(dim: int, *, per_coordinate: int = 64, overhead: int = 1 << 22) -> int:

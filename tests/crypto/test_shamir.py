@@ -108,3 +108,90 @@ def test_split_takes_no_generator_so_a_seeded_one_cannot_leak_coefficients():
         shamir.split(b"s" * 32, [1, 2, 3], 2, SecureRNG.from_seed(0))  # type: ignore[call-arg]
     with pytest.raises(TypeError):
         shamir.split(b"s" * 32, [1, 2, 3], 2, rng=SecureRNG())  # type: ignore[call-arg]
+
+
+# ------------------------------------------------------------------ the randomized check
+def _naive_weights(xs):
+    out = []
+    for i, xi in enumerate(xs):
+        den = 1
+        for j, xj in enumerate(xs):
+            if i != j:
+                den = den * (xi - xj) % PRIME
+        out.append(pow(den, -1, PRIME))
+    return tuple(out)
+
+
+@pytest.mark.parametrize(
+    "xs",
+    [
+        tuple(range(1, 40)),  # every holder: the factorial path
+        tuple(x for x in range(1, 60) if x % 7),  # a few absentees: still factorial
+        (3, 17, 250, 901, 1000, 4095),  # scattered holder indices: exact small products
+        (1, 2**40 + 3, 2**45, 2**60 + 11),  # large points: the modular loop
+        (0, 5, 9),  # includes the origin (interpolation helpers only)
+    ],
+)
+def test_barycentric_weights_match_the_definition(xs):
+    assert shamir.barycentric_weights(xs) == _naive_weights(xs)
+    at = 2**70 + 1
+    expected = []
+    for i, xi in enumerate(xs):
+        num = 1
+        for j, xj in enumerate(xs):
+            if i != j:
+                num = num * (at - xj) % PRIME
+        expected.append(num * _naive_weights(xs)[i] % PRIME)
+    assert shamir.lagrange_coefficients(xs, at) == tuple(expected)
+
+
+def test_mersenne_reduction_matches_modulo():
+    rng = SecureRNG.from_seed(3)  # test data only
+    values = [0, 1, PRIME - 1, PRIME, PRIME + 1, 2 * PRIME, (PRIME - 1) ** 2, PRIME * (PRIME - 1)]
+    values += [int.from_bytes(rng.bytes(65), "big") * int.from_bytes(rng.bytes(65), "big") for _ in range(50)]
+    for v in values:
+        assert shamir._reduce(v) == v % PRIME
+
+
+@pytest.mark.parametrize("n, t", [(6, 4), (40, 24), (300, 100)])  # (300, 100): closed-form h
+def test_any_corrupted_share_is_refused_with_one_uniform_error(n, t):
+    """Whichever share is wrong (one the secret is interpolated from, or an extra
+    one), combine refuses with the same message; it never returns a wrong secret."""
+    shares = shamir.split(b"k" * 32, list(range(1, n + 1)), t)
+    assert shamir.combine_bytes(shares, t) == b"k" * 32
+    messages = set()
+    for pos in sorted({0, 1, t - 1, t, n - 1}):
+        bad = list(shares)
+        bad[pos] = Share(bad[pos].x, (bad[pos].y + 1) % PRIME)
+        with pytest.raises(ProtocolError, match="inconsistent") as info:
+            shamir.combine(bad, t)
+        messages.add(str(info.value))
+    assert len(messages) == 1
+
+
+def test_combine_many_checks_every_secret_of_a_shared_holder_set():
+    """Secrets sharing holders are checked together (random 128-bit combination):
+    one wrong share in any of them still refuses the whole call."""
+    xs = list(range(1, 31))
+    secrets_ = [bytes([i]) * 32 for i in range(12)]
+    groups = [shamir.split(s, xs, 18) for s in secrets_]
+    assert shamir.combine_bytes_many(groups, 18) == secrets_
+    for victim in (0, 7, 11):
+        bad = [list(g) for g in groups]
+        bad[victim][25] = Share(bad[victim][25].x, (bad[victim][25].y + 2**300) % PRIME)
+        with pytest.raises(ProtocolError, match="inconsistent"):
+            shamir.combine_many(bad, 18)
+    # mixed holder sets and orders in one call: each secret still comes back right
+    mixed = [groups[0][::-1], groups[1][:20], groups[2][5:], groups[3]]
+    assert shamir.combine_bytes_many(mixed, 18) == secrets_[:4]
+
+
+def test_combine_points_refuses_malformed_columns():
+    with pytest.raises(ConfigValueError, match="distinct"):
+        shamir.combine_points([([1, 1, 2], [5, 6, 7])], 2)
+    with pytest.raises(ConfigValueError, match="shares"):
+        shamir.combine_points([([1, 2, 3], [5, 6])], 2)
+    with pytest.raises(ProtocolError, match="field"):
+        shamir.combine_points([([1, 2], [5, PRIME])], 2)
+    with pytest.raises(ProtocolError, match="cannot reconstruct"):
+        shamir.combine_points([([1, 2], [5, 6])], 3)

@@ -100,7 +100,7 @@ def test_noise_generator_is_drawn_for_the_noise_share_only():
             sigma = client.core.last_noise_stddev
             assert (sigma > 0) == (z > 0)
             if sigma > 0:
-                replay.normal((DIM,), 1.0)  # the one draw a client makes: DIM Gaussians
+                replay.discrete_gaussian(DIM, client.core.last_noise_units)  # the one draw a client makes
             assert rng.bytes(32) == replay.bytes(32)
 
 

@@ -39,21 +39,10 @@ from securefl.crypto.identity import Identity, Roster
 from securefl.crypto.quantize import FixedPoint
 from securefl.crypto.replay import RoundGuard
 from securefl.crypto.secagg.common import (
-    SecAggSettings,
-    advert_transcript,
-    check_party,
-    channel_info,
-    clip_input,
-    distributed_noise_stddev,
-    encode_with_noise,
-    field,
-    id_list,
-    pair_info,
-    pair_mask_info,
-    round_field,
-    self_mask_info,
-    survivors_transcript,
+    SecAggSettings, advert_transcript, check_party, channel_info, clip_input, distributed_noise_stddev,
+    encode_with_noise, field, id_list, noise_units, pair_info, pair_mask_info, round_field, self_mask_info, survivors_transcript,
 )
+from securefl.crypto.secagg.masking import add_masks, agree_many
 from securefl.exceptions import ConfigValueError, ProtocolError
 from securefl.transport import wire
 
@@ -82,6 +71,10 @@ class _Round:
     maskers: list[str] = dc_field(default_factory=list)  # neighbours that completed stage 2
     held: dict[str, tuple[shamir.Share, shamir.Share]] = dc_field(default_factory=dict)  # v -> (b_v, sk_v)
     signed: list[str] | None = None
+    points: dict[str, int] = dc_field(default_factory=dict)  # v -> share point (1-based roster position)
+
+    def __post_init__(self) -> None:
+        self.points = {v: i + 1 for i, v in enumerate(self.roster)}
 
 
 class SecAggClient:
@@ -122,6 +115,7 @@ class SecAggClient:
         self._rounds: dict[int, _Round] = {}
         self.last_saturated = 0
         self.last_noise_stddev = 0.0  #: per-coordinate std of the last noise share
+        self.last_noise_units = 0  #: its discrete Gaussian parameter, in grid units
         self._handlers: dict[wire.Kind, Callable[[wire.Message], bytes]] = {
             wire.Kind.SECAGG_ADVERTISE_REQUEST: self.advertise,
             wire.Kind.SECAGG_SHARE_REQUEST: self.share_keys,
@@ -238,7 +232,7 @@ class SecAggClient:
                 f"(threshold {st.threshold}, min_clients {self.settings.min_clients}); refusing to share"
             )
         holders = sorted(st.peers) + [self.client_id]
-        xs = [st.roster.index(v) + 1 for v in holders]
+        xs = [st.points[v] for v in holders]
         b_shares = shamir.split(st.seed, xs, st.threshold)  # coefficients from os.urandom
         sk_shares = shamir.split(st.s_sk, xs, st.threshold)
         out: dict[str, str] = {}
@@ -271,7 +265,7 @@ class SecAggClient:
                 f"only {len(maskers) + 1} clients completed key sharing, below {floor} "
                 f"(threshold {st.threshold}, min_clients {self.settings.min_clients})"
             )
-        my_x = st.roster.index(self.client_id) + 1
+        my_x = st.points[self.client_id]
         for v in maskers:
             ad = P.associated_data(st.round, v, self.client_id)
             plain = P.unwrap(st.c_sk, st.peers[v][0], channel_info(st.round), unb64(cts[v], "ciphertext"), ad)
@@ -300,13 +294,16 @@ class SecAggClient:
         # sigma from this client's own settings and threshold only; nothing the server sends lowers it
         sigma = distributed_noise_stddev(self.settings, dim=v.size, threshold=st.threshold, resolution=codec.resolution)
         self.last_noise_stddev = sigma
-        values = encode_with_noise(codec, v, extra, sigma, self._noise_rng)
-        vec = np.concatenate([values, codec.wrap(np.array([saturated]))]).astype(codec.dtype)
+        self.last_noise_units = noise_units(sigma, codec.resolution) if sigma > 0 else 0
+        vec = np.empty(v.size + extra.size + 1, dtype=codec.dtype)  # the one output buffer
+        encode_with_noise(codec, v, extra, sigma, self._noise_rng, out=vec[:-1])
+        vec[-1:] = codec.wrap(np.array([saturated]))
         self.last_saturated = saturated
-        P.add_mask(vec, st.seed, self_mask_info(st.round, self.client_id))
-        for other in st.maskers:
-            seed = P.agree(st.s_sk, st.peers[other][1], pair_info(st.round))
-            P.add_mask(vec, seed, pair_mask_info(st.round), subtract=self.client_id > other)
+        info = pair_mask_info(st.round)
+        seeds = agree_many(st.s_sk, [st.peers[other][1] for other in st.maskers], pair_info(st.round))
+        masks = [(st.seed, self_mask_info(st.round, self.client_id), False)]
+        masks += [(seed, info, self.client_id > other) for other, seed in zip(st.maskers, seeds)]
+        add_masks(vec, masks)
         st.stage = _MASKED
         out = {"aux": keys, "dim": int(v.size), "bits": codec.bits}
         for k in ("epsilon", "steps"):

@@ -10,11 +10,10 @@ from dataclasses import dataclass
 from typing import Any, Iterable, Mapping
 
 import numpy as np
-import torch
 
 from securefl.crypto.encoding import b64, unb64
 from securefl.crypto.identity import Identity, Roster
-from securefl.crypto.quantize import FixedPoint
+from securefl.crypto.quantize import FixedPoint, peak_abs
 from securefl.crypto.secagg.graph import recommended_neighbors, share_threshold
 from securefl.exceptions import ConfigTypeError, ConfigValueError, ProtocolError
 from securefl.validators import is_int, is_number
@@ -203,10 +202,12 @@ def distributed_noise_stddev(settings: SecAggSettings, *, dim: int, threshold: i
     fixed-point grid moves each of the ``dim`` coordinates by less than one
     ``resolution``, so the share is calibrated to ``S + sqrt(dim) * resolution``.
     With at least ``threshold`` survivors the shares sum to a variance of at least
-    ``(z * S)^2``. Shares are continuous Gaussians from the CSPRNG rounded to the
-    grid; for standard deviations of many grid units (thousands here) a sum of such
-    shares is within a negligible distance of a discrete Gaussian (Kairouz, Liu and
-    Steinke, ICML 2021), which the accountant treats as the continuous one.
+    ``(z * S)^2``. Each share is an exact discrete Gaussian on the grid
+    (:func:`noise_units` grid units, rounded up) from the ChaCha20 generator; for
+    parameters of many grid units (thousands here) a sum of such shares is within a
+    negligible distance of a discrete Gaussian of the summed variance (Kairouz, Liu
+    and Steinke, ICML 2021), and a discrete Gaussian gives the continuous one's
+    Renyi guarantee (Canonne, Kamath and Steinke 2020), which the accountant uses.
     """
     if settings.noise_multiplier == 0:
         return 0.0
@@ -217,30 +218,50 @@ def distributed_noise_stddev(settings: SecAggSettings, *, dim: int, threshold: i
 def clip_input(settings: SecAggSettings, values: Any, weight: float) -> tuple[np.ndarray, int]:
     """Clip to a client's own bounds: each coordinate to ``+-weight * clip``
     (counted), and under distributed DP the L2 norm to ``clip`` too, so the noise
-    share is calibrated to the sensitivity whatever clip the server announced."""
+    share is calibrated to the sensitivity whatever clip the server announced.
+    Returns ``values`` itself (no copy) when nothing needs clipping."""
     v = np.asarray(values, dtype=np.float64)
-    if not np.isfinite(v).all():
-        raise ProtocolError("update contains NaN or infinity")
+    peak = peak_abs(v, "update contains NaN or infinity")
     if settings.noise_multiplier > 0:
         norm = float(np.linalg.norm(v))
         if norm > settings.clip:
             v = v * (settings.clip / norm)
+            peak = peak_abs(v, "update contains NaN or infinity")
     limit = weight * settings.clip
-    saturated = int((np.abs(v) > limit).sum())
-    return (np.clip(v, -limit, limit) if saturated else v), saturated
+    if peak <= limit:
+        return v, 0
+    saturated = int(np.count_nonzero(np.abs(v) > limit))
+    return np.clip(v, -limit, limit), saturated
 
 
-def encode_with_noise(codec: FixedPoint, v: np.ndarray, extra: np.ndarray, sigma: float, rng: Any) -> np.ndarray:
+def noise_units(sigma: float, resolution: float) -> int:
+    """A noise share's discrete Gaussian parameter in grid units: ``ceil(sigma /
+    resolution)``, never below the calibrated std; at most 2^24 (the sampler's range)."""
+    units = max(1, math.ceil(sigma / resolution))
+    if units > 1 << 24:
+        raise ConfigValueError("noise_multiplier", sigma, f"noise share of {units} grid units exceeds 2^24; use a coarser ring")
+    return units
+
+
+def encode_with_noise(
+    codec: FixedPoint, v: np.ndarray, extra: np.ndarray, sigma: float, rng: Any, *, out: np.ndarray | None = None
+) -> np.ndarray:
     """Encode ``v`` and the counters ``extra`` into the ring (rounding coins from
-    os.urandom) and add a DP noise share of std ``sigma`` to ``v``'s coordinates,
-    on the grid, before any mask: the only draw from the (possibly seeded) ``rng``."""
-    values = codec.encode(np.concatenate([v, extra])).values
+    :func:`securefl.crypto.quantize._coin_stream`) and add a DP noise share of std
+    ``sigma`` to ``v``'s coordinates, on the grid, before any mask: the only draw
+    from the (possibly seeded) ``rng``. Written into ``out`` (``v.size +
+    extra.size`` ring elements) when given, with no intermediate copies."""
+    if out is None:
+        out = np.empty(v.size + extra.size, dtype=codec.dtype)
+    codec.encode(v, out=out[: v.size])
+    codec.encode(extra, out=out[v.size :])
     if sigma > 0:
-        noise = rng.normal((v.size,), sigma / codec.resolution, dtype=torch.float64).numpy()
-        signed = codec.signed(values)
-        signed[: v.size] += np.rint(noise).astype(np.int64)
-        values = codec.wrap(signed)
-    return values
+        # exact discrete Gaussian in grid units (Canonne, Kamath and Steinke 2020), never
+        # a rounded float Gaussian: no floating-point artefact to attack (Mironov 2012)
+        noise = rng.discrete_gaussian(v.size, noise_units(sigma, codec.resolution))
+        head = out[: v.size]
+        head += codec.wrap(noise)  # modular: wrap(signed + noise)
+    return out
 
 
 def check_party(client_id: str, settings: SecAggSettings, identity: Identity | None, roster: Roster | None) -> None:

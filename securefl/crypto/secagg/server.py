@@ -14,6 +14,7 @@ honest round never reaches a request an honest client would refuse.
 
 from __future__ import annotations
 
+import binascii
 from dataclasses import dataclass
 from typing import Any, Mapping
 
@@ -33,8 +34,36 @@ from securefl.crypto.secagg.common import (
     unb64,
 )
 from securefl.crypto.secagg.graph import build_graph
+from securefl.crypto.secagg.masking import add_masks, agree_many
 from securefl.exceptions import ProtocolError, SecAggAbortError, WireFormatError
 from securefl.transport import wire
+
+
+_SHARE_BYTES = 4 + shamir.ELEMENT_BYTES
+_Points = tuple[list[int], list[int]]
+
+
+def _share_values(part: dict[str, Any], x: int, holder: str, store: dict[str, _Points]) -> None:
+    """Append to ``store[v]`` the point ``x`` and the value of each base64 share
+    (:meth:`shamir.Share.to_bytes`) in ``part`` (v -> text) that ``holder`` holds
+    at ``x``: strict base64, the right length, point and field, else ProtocolError."""
+    point = x.to_bytes(4, "big")
+    a2b, from_bytes, top = binascii.a2b_base64, int.from_bytes, shamir.PRIME
+    for v, text in part.items():
+        try:
+            raw = a2b(text, strict_mode=True)
+        except (TypeError, ValueError):  # binascii.Error is a ValueError
+            raise ProtocolError(f"share from {holder}: not valid base64") from None
+        if len(raw) != _SHARE_BYTES or raw[:4] != point:
+            raise ProtocolError(f"{holder} returned a malformed share or one held at another point")
+        y = from_bytes(raw[4:], "big")
+        if y >= top:
+            raise ProtocolError(f"share from {holder} is out of the field")
+        entry = store.get(v)
+        if entry is None:
+            store[v] = entry = ([], [])
+        entry[0].append(x)
+        entry[1].append(y)
 
 
 @dataclass(frozen=True)
@@ -66,6 +95,8 @@ class SecAggServer:
             raise ProtocolError("roster has duplicate client ids")
         self.round = round_
         self.roster = sorted(roster)
+        #: holder index (share point) of each client: O(1) lookups, not list.index
+        self._points = {v: i + 1 for i, v in enumerate(self.roster)}
         self.settings = settings
         n = len(self.roster)
         self.threshold = settings.threshold_for(n) if n >= 2 else 2
@@ -93,7 +124,7 @@ class SecAggServer:
         self.stage_bytes: dict[str, int] = {}
 
     def _x(self, v: str) -> int:
-        return self.roster.index(v) + 1
+        return self._points[v]
 
     def _abort_if_short(self, alive: list[str], stage: str) -> None:
         if len(alive) < self.floor:
@@ -268,53 +299,46 @@ class SecAggServer:
         return wire.encode(wire.Kind.SECAGG_UNMASK_REQUEST, h)
 
     def collect_unmask(self, replies: Mapping[str, bytes | None]) -> SecAggResult:
-        b_shares: dict[str, list[shamir.Share]] = {}
-        sk_shares: dict[str, list[shamir.Share]] = {}
+        b_shares: dict[str, _Points] = {}  # v -> (points, values) of its revealed shares
+        sk_shares: dict[str, _Points] = {}
+        survivors, dropped = set(self.u3), set(self.u2) - set(self.u3)
         for u, raw in replies.items():
             msg = self._decode(raw, wire.Kind.SECAGG_UNMASK, u)
             if msg is None:
                 continue
             self.unmaskers.append(u)
-            for name, store, allowed in (
-                ("b", b_shares, set(self.u3)),
-                ("sk", sk_shares, set(self.u2) - set(self.u3)),
-            ):
+            x = self._x(u)
+            for name, store, allowed in (("b", b_shares, survivors), ("sk", sk_shares, dropped)):
                 part = msg.header.get(name)
-                if not isinstance(part, dict) or not set(part) <= allowed:
+                if not isinstance(part, dict) or not part.keys() <= allowed:
                     raise ProtocolError(f"unmasking reply of {u} reveals shares it was not asked for")
-                for v, text in part.items():
-                    share = shamir.Share.from_bytes(unb64(text, "share"))
-                    if share.x != self._x(u):
-                        raise ProtocolError(f"{u} returned a share held at another point")
-                    store.setdefault(v, []).append(share)
+                _share_values(part, x, u, store)
         return self._unmask(b_shares, sk_shares)
 
-    def _unmask(self, b_shares: dict[str, list[shamir.Share]], sk_shares: dict[str, list[shamir.Share]]) -> SecAggResult:
+    def _unmask(self, b_shares: dict[str, _Points], sk_shares: dict[str, _Points]) -> SecAggResult:
         assert self.dim is not None and self.aux_keys is not None
         codec, t = self.codec, self.threshold
         survivors = sorted(self.u3)
         dropped = [v for v in self.u2 if v not in self.u3 and any(u in self.u3 for u in self.graph[v])]
-        for v in survivors:
-            if len(b_shares.get(v, [])) < t:
-                raise SecAggAbortError(len(b_shares.get(v, [])), t, "unmask")
-        for v in dropped:
-            if len(sk_shares.get(v, [])) < t:
-                raise SecAggAbortError(len(sk_shares.get(v, [])), t, "unmask")
+        for group, store in ((survivors, b_shares), (dropped, sk_shares)):
+            for v in group:
+                have = len(store.get(v, ((), ()))[0])
+                if have < t:
+                    raise SecAggAbortError(have, t, "unmask")
         assert self.masked_sum is not None
         total = self.masked_sum.copy()
-        for v in survivors:
-            seed = shamir.combine_bytes(b_shares[v], t)
-            P.add_mask(total, seed, self_mask_info(self.round, v), subtract=True)
-        for v in dropped:
-            sk = shamir.combine_bytes(sk_shares[v], t)
+        # one randomized consistency check per secret, one challenge for all (shamir.combine_points)
+        seeds = [shamir.int_to_secret(s) for s in shamir.combine_points([b_shares[v] for v in survivors], t)]
+        keys = [shamir.int_to_secret(s) for s in shamir.combine_points([sk_shares[v] for v in dropped], t)]
+        add_masks(total, [(seed, self_mask_info(self.round, v), True) for v, seed in zip(survivors, seeds)])
+        pair = pair_info(self.round)
+        for v, sk in zip(dropped, keys):
             if len(sk) != 32 or P.x25519_public(sk) != unb64(self.keys[v]["s_pk"], "s_pk"):
                 raise ProtocolError(f"reconstructed mask key of {v} does not match its advertised key")
-            for u in self.graph[v]:
-                if u not in self.u3:
-                    continue
-                seed = P.agree(sk, unb64(self.keys[u]["s_pk"], "s_pk"), pair_info(self.round))
-                # u added +m if u < v, else -m; take it back out
-                P.add_mask(total, seed, pair_mask_info(self.round), subtract=u < v)
+            live = [u for u in self.graph[v] if u in self.u3]
+            seeds = agree_many(sk, [unb64(self.keys[u]["s_pk"], "s_pk") for u in live], pair)
+            # u added +m if u < v, else -m; take it back out
+            add_masks(total, [(seed, pair_mask_info(self.round), u < v) for u, seed in zip(live, seeds)])
         values = codec.decode(total[: self.dim + len(self.aux_keys)])
         saturated = int(codec.signed(total[-1:])[0])
         aux = {k: float(values[self.dim + i]) for i, k in enumerate(self.aux_keys)}

@@ -151,3 +151,30 @@ def test_federation_with_distributed_dp_adds_no_central_noise(monkeypatch):
     assert calls == [1.0, 1.0]
     assert ddp.metrics["final"]["epsilon"] == pytest.approx(central.metrics["final"]["epsilon"])
     assert torch.isfinite(torch.tensor([r["loss"] for r in rounds])).all()
+
+
+def test_noise_share_is_an_exact_discrete_gaussian_not_a_rounded_float(monkeypatch):
+    """The share is drawn by the exact discrete Gaussian sampler in grid units (no
+    float Gaussian is ever drawn) with variance units^2 >= (sigma / resolution)^2."""
+    import math as _math
+
+    import numpy as _np
+
+    from securefl.crypto.quantize import FixedPoint
+    from securefl.crypto.secagg.common import encode_with_noise, noise_units
+    from securefl.privacy.noise import SecureRNG
+
+    def no_float_gaussian(*a, **k):
+        raise AssertionError("a float Gaussian was drawn for a DP share")
+
+    monkeypatch.setattr(SecureRNG, "normal", no_float_gaussian)
+    codec = FixedPoint(bits=64, frac_bits=16, bound=1.0)
+    sigma = 0.05
+    units = noise_units(sigma, codec.resolution)
+    assert units == _math.ceil(sigma / codec.resolution)
+    n = 200_000
+    out = encode_with_noise(codec, _np.zeros(n), _np.zeros(0), sigma, SecureRNG())
+    share = codec.signed(out).astype(_np.float64)
+    assert _np.all(share == _np.rint(share))
+    assert abs(share.mean()) < 5 * units / _math.sqrt(n)
+    assert abs(share.var() / units**2 - 1) < 0.02
