@@ -16,7 +16,13 @@ CKKS errors, which the key holder's authentication-tag check rightly refuses.
 Wall-clock figures on a shared machine are noisy; the ``*_per_cpu_s`` figures
 divide by the process's CPU time (all threads) instead.
 
+The ``vs-raw`` section (:func:`securefl.bench.ckks.run`, also ``securefl bench``'s
+CKKS section) sets securefl's encrypt, load, add and decrypt beside raw TenSEAL on
+the same parameters and NVFlare's preset, and times a digits round against
+plaintext (README "Performance: CKKS").
+
     python benchmarks/bench_ckks.py benchmarks/results/bench_ckks.json --dim 1000000 --clients 10 100
+    python benchmarks/bench_ckks.py benchmarks/results/bench_ckks.json --sections vs-raw [--quick]
 """
 
 from __future__ import annotations
@@ -191,9 +197,12 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-error", type=float, default=1e-3)
     ap.add_argument("--distinct", type=int, default=4, help="distinct client updates encrypted (protocol round size)")
     ap.add_argument("--repeat", type=int, default=1, help="best of N timings of encryption")
+    ap.add_argument("--sections", nargs="+", default=["throughput", "vs-raw"], choices=["throughput", "vs-raw"])
+    ap.add_argument("--quick", action="store_true", help="vs-raw: 40k values only, fewer repeats")
     ns = ap.parse_args(argv)
-    results = []
-    runs = [(p, e, m) for p in ns.presets for e in ns.encryption for m in ns.clients]
+    old = json.loads(ns.out.read_text()) if ns.out.exists() else {}
+    results = old.get("results", []) if "throughput" not in ns.sections else []
+    runs = [(p, e, m) for p in ns.presets for e in ns.encryption for m in ns.clients] if "throughput" in ns.sections else []
     for preset, encryption, m in runs:
         row = bench_one(ns.dim, m, preset, encryption, ns.distinct, ns.repeat, ns.max_error)
         results.append(row)
@@ -212,13 +221,32 @@ def main(argv: list[str] | None = None) -> int:
 
     doc = {
         "benchmark": "ckks",
-        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version()},
+        "machine": {"cpus": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "loadavg": [round(v, 2) for v in os.getloadavg()]},
         "tenseal": tenseal.__version__,
         "results": results,
     }
+    if "vs-raw" in ns.sections:
+        from securefl.bench.ckks import run
+
+        doc["vs_raw"] = run(quick=ns.quick)
+        _print_vs_raw(doc["vs_raw"])
+    elif "vs_raw" in old:
+        doc["vs_raw"] = old["vs_raw"]
     ns.out.parent.mkdir(parents=True, exist_ok=True)
     ns.out.write_text(json.dumps(doc, indent=2))
     return 0
+
+
+def _print_vs_raw(res: dict) -> None:
+    for r in res["ops"]:
+        ours, raw = r["securefl"], r["raw_tenseal"]
+        cells = "  ".join(f"{k} {ours[k]['cpu_ms']:.1f}/{raw[k]['cpu_ms']:.1f} ms ({r['cpu_ratio'][k]:.2f}x)"
+                          for k in ("encrypt", "load", "add", "decrypt"))
+        print(f"{r['dim']:>8} {r['encryption']:<10} {cells}  upload {r['upload_x_float32']:.2f}x float32", file=sys.stderr)
+    rnd = res["round"]
+    print(f"round ({rnd['params']} params): none {rnd['none']['cpu_ms']:.0f} ms, ckks {rnd['ckks']['cpu_ms']:.0f} ms CPU "
+          f"({rnd['cpu_ratio']:.2f}x; wall {rnd['wall_ratio']:.2f}x); targets reached: {res['reached']}", file=sys.stderr)
 
 
 if __name__ == "__main__":

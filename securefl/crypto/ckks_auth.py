@@ -97,11 +97,25 @@ def _key(mac_key: bytes, info: str) -> bytes:
     return HKDF(algorithm=hashes.SHA256(), length=32, salt=b"securefl-ckks-mac-v2", info=info.encode()).derive(mac_key)
 
 
+def _sign_bits(mac_key: bytes, round_: int, length: int) -> np.ndarray:
+    """The (TAGS, length) 0/1 matrix whose entries b give the signs 2b - 1 of ``r``."""
+    raw = P.keystream(_key(mac_key, f"vectors:{round_}"), (TAGS * length + 7) // 8)
+    return np.unpackbits(np.frombuffer(raw, dtype=np.uint8), count=TAGS * length).reshape(TAGS, length)
+
+
 def tag_vectors(mac_key: bytes, round_: int, length: int) -> np.ndarray:
     """``TAGS`` secret unit vectors of random signs over the body, one set per round."""
-    raw = P.keystream(_key(mac_key, f"vectors:{round_}"), (TAGS * length + 7) // 8)
-    bits = np.unpackbits(np.frombuffer(raw, dtype=np.uint8))[: TAGS * length]
-    return (bits.astype(np.float64) * 2.0 - 1.0).reshape(TAGS, length) / math.sqrt(length)
+    return (_sign_bits(mac_key, round_, length) * 2.0 - 1.0) / math.sqrt(length)
+
+
+def tag_products(mac_key: bytes, round_: int, body: np.ndarray) -> np.ndarray:
+    """``tag_vectors(mac_key, round_, len(body)) @ body`` without the float matrix or
+    BLAS (whose threads would compete with TenSEAL's): with ``r = (2b - 1)/sqrt(L)``,
+    ``<r, body> = (2 <b, body> - sum(body)) / sqrt(L)``, the 0/1 bits cast in
+    einsum's buffers."""
+    body = np.ascontiguousarray(body, dtype=np.float64)
+    ones = np.einsum("ij,j->i", _sign_bits(mac_key, round_, body.size), body)
+    return (2.0 * ones - body.sum()) / math.sqrt(body.size)
 
 
 def tag_offsets(mac_key: bytes, round_: int, client_id: str) -> np.ndarray:
@@ -112,9 +126,10 @@ def tag_offsets(mac_key: bytes, round_: int, client_id: str) -> np.ndarray:
 
 def tags(mac_key: bytes, round_: int, layout: Layout, body: np.ndarray, members: list[str]) -> np.ndarray:
     """The tags a sum of ``members``' bodies must carry in ``round_``."""
-    r = tag_vectors(mac_key, round_, layout.body)
+    if len(body) != layout.body:
+        raise ValueError(f"body holds {len(body)} values, the layout {layout.body}")
     offsets = sum((tag_offsets(mac_key, round_, m) for m in members), np.zeros(TAGS))
-    return (r @ body / layout.norm_bound + offsets) / 2.0
+    return (tag_products(mac_key, round_, body) / layout.norm_bound + offsets) / 2.0
 
 
 def tolerance(error_std: float) -> float:

@@ -85,16 +85,24 @@ class CKKSClient(ClientProtection):
                 s.max_weight,
                 f"client {self.client_id} has weight n_k={weight:g} above the bound; raise --ckks-max-weight",
             )
-        delta = weighted_update.detach().double().numpy() / weight
-        if not np.isfinite(delta).all():
-            raise ProtocolError("update is not finite")
-        norm = float(np.linalg.norm(delta))
+        # numpy, one thread: torch's .double() and BLAS (np.linalg.norm) start thread
+        # pools that compete with TenSEAL's encryption for the cores
+        delta = np.array(weighted_update.detach().cpu().numpy(), dtype=np.float64).ravel()
+        delta /= weight
+        norm = math.sqrt(float(np.einsum("i,i->", delta, delta)))  # NaN/inf propagate
+        if not math.isfinite(norm):
+            if not np.isfinite(delta).all():
+                raise ProtocolError("update is not finite")
+            big = float(np.abs(delta).max())  # finite, but its square overflows
+            norm = big * math.sqrt(float(np.einsum("i,i->", delta / big, delta / big)))
+        factor = weight / s.max_weight / s.clip
         if norm > s.clip:
-            delta = delta * (s.clip / norm)
+            factor *= s.clip / norm
         # an update clipped to exactly C upstream (DP-FedAvg) is not counted for float error
         clipped = norm > s.clip * (1 + 1e-6)
         self.clipped_rounds += int(clipped)
-        x = np.clip(delta * (weight / s.max_weight / s.clip), -1.0, 1.0)  # only float rounding reaches past 1
+        delta *= factor
+        x = np.clip(delta, -1.0, 1.0, out=delta)  # only float rounding reaches past 1
         return x, clipped
 
     def seal(self, weighted_update: torch.Tensor, aux: dict[str, float], header: dict[str, Any]) -> bytes:

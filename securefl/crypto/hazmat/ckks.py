@@ -7,12 +7,16 @@ receipt checks, decryption; TenSEAL / Microsoft SEAL) is
 :mod:`securefl.crypto.hazmat.ckks_seal`. What does not live in either: who holds
 which key and who sends what (see :mod:`securefl.protections.ckks`).
 
-CKKS (Cheon, Kim, Kim, Song, Asiacrypt 2017) encodes ``N/2`` real values per
-ciphertext at a fixed-point *scale* ``2^s``. Aggregation only adds ciphertexts,
-so it needs no multiplicative depth: the data level holds a single prime ``q0``
+CKKS (Cheon, Kim, Kim, Song, Asiacrypt 2017) encodes ``N/2`` complex values per
+ciphertext at a fixed-point *scale* ``2^s``; securefl packs two reals into each
+slot, one in the real and one in the imaginary part, so ``N`` values per
+ciphertext. Aggregation only adds ciphertexts, so it needs no multiplicative
+depth: the data level holds a single prime ``q0``
 (plus one small "special" prime that SEAL reserves for key switching, unused
-here). A sum of ``M`` values in ``[-1, 1]`` is correct only while
-``M * 2^s`` stays below ``q0 / 2``; past that the plaintext wraps silently (a sum
+here). A sum of ``M`` vectors of values in ``[-1, 1]`` is correct only while its
+plaintext coefficients, at most ``sqrt(2) * M * 2^s`` (a coefficient is a mean of
+``N/2`` slots, each of modulus at most ``sqrt(2)``), stay below ``q0 / 2``; past
+that the plaintext wraps silently (a sum
 of 100 all-ones decrypts to garbage ~100 off while random inputs still look
 fine). :func:`derive_params` therefore computes ``s`` and ``q0`` from ``M`` so
 the sum cannot wrap, and every parameter set is checked against the
@@ -40,8 +44,8 @@ MAX_PRIME_BITS = 60
 ERROR_STD = 3.2
 #: width of the error tail counted as "never" exceeded, in standard deviations
 TAIL = 6.0
-#: bits of headroom kept above ceil(log2(M + 1)) and the sign bit; the ceiling
-#: already leaves at least one whole value unit (2^s) of slack for the CKKS error
+#: bits of headroom kept above ceil(log2(sqrt(2) M + 1)) and the sign bit; the
+#: ceiling already leaves at least one whole value unit (2^s) of slack for the CKKS error
 HEADROOM_MARGIN_BITS = 0
 #: smallest scale accepted; below it CKKS encoding error alone swamps the values
 MIN_SCALE_BITS = 20
@@ -58,7 +62,7 @@ class Preset:
 
     Attributes:
         name: what the preset is for (``--ckks-preset``).
-        poly_modulus_degree: the ring dimension N (N/2 values per ciphertext).
+        poly_modulus_degree: the ring dimension N (N/2 slots, N values per ciphertext).
         special_prime_bits: SEAL's key-switching prime (unused by additions; kept small).
         flood_bits: noise flooding at ``2^flood_bits`` times the CKKS error std.
         use: one line for the help text.
@@ -74,18 +78,18 @@ class Preset:
 #: presets named by use; all addition-only (one data prime)
 PRESETS: dict[str, Preset] = {
     "small-model": Preset(
-        "small-model", 2048, 14, 8, "models up to ~100k parameters: 1024 values per ciphertext, least padding"
+        "small-model", 2048, 14, 8, "models up to ~100k parameters: 2048 values per ciphertext, least padding"
     ),
-    "standard": Preset("standard", 4096, 20, 8, "general use: 2048 values per ciphertext"),
+    "standard": Preset("standard", 4096, 20, 8, "general use: 4096 values per ciphertext"),
     "large-model": Preset(
-        "large-model", 8192, 20, 8, "models of 1M+ parameters: 4096 values per ciphertext, fewest ciphertexts"
+        "large-model", 8192, 20, 8, "models of 1M+ parameters: 8192 values per ciphertext, fewest ciphertexts"
     ),
     "hardened": Preset(
         "hardened",
         8192,
         20,
         28,
-        "flooding at 2^28 x the decryption error (about 7.5x float32 bytes) for adversaries who see many decryptions",
+        "flooding at 2^28 x the decryption error (about 3.8x float32 bytes) for adversaries who see many decryptions",
     ),
 }
 
@@ -105,6 +109,9 @@ class CKKSParams:
     max_summands: int
     flood_bits: int
     encryption: str = "symmetric"
+    #: reals packed per CKKS slot: 2 (real and imaginary part) or 1 (real part only,
+    #: where the half bit more headroom of 2 does not fit the largest prime)
+    values_per_slot: int = 2
 
     def __post_init__(self) -> None:
         n = self.poly_modulus_degree
@@ -129,11 +136,13 @@ class CKKSParams:
                 "addition-only aggregation uses one data prime and one special prime, "
                 f"each of 2..{MAX_PRIME_BITS} bits",
             )
+        if self.values_per_slot not in (1, 2):
+            raise CKKSParameterError("ckks_values_per_slot", self.values_per_slot, "must be 1 or 2")
         if self.encryption not in ENCRYPTIONS:
             raise CKKSParameterError("ckks_encryption", self.encryption, f"must be one of {', '.join(ENCRYPTIONS)}")
         if self.scale_bits < MIN_SCALE_BITS:
             raise CKKSParameterError("ckks_scale_bits", self.scale_bits, f"must be >= {MIN_SCALE_BITS}")
-        need = self.scale_bits + headroom_bits(self.max_summands)
+        need = self.scale_bits + headroom_bits(self.max_summands, self.values_per_slot)
         if self.coeff_mod_bit_sizes[0] < need:
             raise CKKSParameterError(
                 "ckks_coeff_mod_bit_sizes",
@@ -144,8 +153,13 @@ class CKKSParams:
 
     @property
     def slots(self) -> int:
-        """Values per ciphertext."""
+        """CKKS slots per ciphertext (complex numbers)."""
         return self.poly_modulus_degree // 2
+
+    @property
+    def values_per_ciphertext(self) -> int:
+        """Real values per ciphertext (two per slot: real and imaginary part)."""
+        return self.slots * self.values_per_slot
 
     @property
     def data_bits(self) -> int:
@@ -157,7 +171,8 @@ class CKKSParams:
 
         A fresh symmetric ciphertext carries the error polynomial e (std 3.2) plus
         encoding rounding; a slot is a sum of N coefficients times roots of unity,
-        so its real part has std ~ 3.2 * sqrt(N/2) / 2^s. Public-key encryption in
+        so its real part, and likewise its imaginary part (the second value a slot
+        packs), has std ~ 3.2 * sqrt(N/2) / 2^s. Public-key encryption in
         SEAL encrypts at the special prime's level and divides it away, leaving a
         rounding error ~ sqrt((1 + 2N/3)/12) per coefficient instead. Errors of
         independent ciphertexts add in variance. Measured within 5% of this model.
@@ -182,6 +197,7 @@ class CKKSParams:
             "max_summands": self.max_summands,
             "flood_bits": self.flood_bits,
             "encryption": self.encryption,
+            "values_per_slot": self.values_per_slot,
         }
 
     @property
@@ -191,11 +207,13 @@ class CKKSParams:
         return hashlib.sha256(blob).hexdigest()[:16]
 
 
-def headroom_bits(summands: int) -> int:
-    """Bits of ``q0`` above the scale needed so a sum of ``summands`` values in
-    [-1, 1] plus its error never reaches ``q0 / 2``: log2 of the largest sum, the
-    sign bit, and a margin."""
-    return math.ceil(math.log2(max(1, summands) + 1)) + 1 + HEADROOM_MARGIN_BITS
+def headroom_bits(summands: int, values_per_slot: int = 2) -> int:
+    """Bits of ``q0`` above the scale needed so a sum of ``summands`` packed vectors
+    of values in [-1, 1] plus its error never reaches ``q0 / 2``: log2 of the largest
+    plaintext coefficient (``sqrt(2) * summands`` with two values per slot, whose
+    modulus reaches sqrt(2); ``summands`` with one), the sign bit, and a margin."""
+    peak = math.sqrt(values_per_slot) * max(1, summands)
+    return math.ceil(math.log2(peak + 1)) + 1 + HEADROOM_MARGIN_BITS
 
 
 def derive_params(
@@ -225,14 +243,17 @@ def derive_params(
     per_slot = _error_unit(preset.poly_modulus_degree, encryption) * math.sqrt(max_summands)
     unit = TAIL * math.hypot(2.0**preset.flood_bits, 1.0) * per_slot
     scale_bits = max(MIN_SCALE_BITS, math.ceil(math.log2(unit / max_error)))
-    q0 = scale_bits + headroom_bits(max_summands)
     budget = min(MAX_PRIME_BITS, HE_STANDARD_128[preset.poly_modulus_degree] - preset.special_prime_bits)
+    # two values per slot halve the ciphertexts (and bytes); one where its extra
+    # half bit of headroom does not fit the largest prime
+    packing = 2 if scale_bits + headroom_bits(max_summands, 2) <= budget else 1
+    q0 = scale_bits + headroom_bits(max_summands, packing)
     if q0 > budget:
         raise CKKSParameterError(
             "ckks_preset",
             preset.name,
             f"{max_summands} clients at max error {max_error:g} need a {q0}-bit first prime "
-            f"(scale 2^{scale_bits} + {headroom_bits(max_summands)} bits headroom), but N={preset.poly_modulus_degree} "
+            f"(scale 2^{scale_bits} + {headroom_bits(max_summands, packing)} bits headroom), but N={preset.poly_modulus_degree} "
             f"allows {budget} bits at 128-bit security; choose a larger preset, fewer clients or a larger error",
         )
     return CKKSParams(
@@ -243,6 +264,7 @@ def derive_params(
         max_summands,
         preset.flood_bits,
         encryption,
+        packing,
     )
 
 

@@ -14,14 +14,14 @@ from __future__ import annotations
 import hashlib
 import math
 import os
-import struct
+import weakref
 from typing import Any
 
 import numpy as np
 
 from securefl.crypto.hazmat.ckks import CKKSParams
-from securefl.crypto.hazmat.tenseal_wire import check_tensor_encoding
-from securefl.exceptions import CKKSParameterError, CiphertextRejectedError, CryptoUsageError
+from securefl.crypto.hazmat.tenseal_wire import check_tensor_encoding, pack_tensor
+from securefl.exceptions import CiphertextRejectedError, CryptoUsageError
 
 
 # ---------------------------------------------------------------- contexts
@@ -37,149 +37,74 @@ def _seal():
     return sealapi
 
 
-def _tmpdir():
-    """A private temporary directory, in memory (/dev/shm) where the OS has one."""
-    import tempfile
+class _SealFile:
+    """Where SEAL's path-only ``save`` writes: an anonymous in-memory file (Linux
+    ``memfd_create``, reached as ``/proc/self/fd/N``; nothing is ever named in a
+    file system), or a private temporary directory where there is none."""
 
-    shm = "/dev/shm"
-    base = shm if os.path.isdir(shm) and os.access(shm, os.W_OK) else None
-    return tempfile.TemporaryDirectory(prefix="securefl-ckks-", dir=base)
-
-
-def _seal_save(savers: list) -> list[bytes]:
-    """SEAL's Python API (shipped with TenSEAL) saves through file paths only:
-    run each ``save(path)`` in a private temporary directory, return the bytes."""
-    out = []
-    with _tmpdir() as tmp:
-        path = os.path.join(tmp, "obj")
-        for save in savers:
-            save(path)
-            with open(path, "rb") as fh:
-                out.append(fh.read())
-    return out
-
-
-def _seal_load(blobs: list[bytes], loader) -> None:
-    """Write each blob to a private temporary file and call ``loader(i, path)``."""
-    with _tmpdir() as tmp:
-        path = os.path.join(tmp, "obj")
-        for i, blob in enumerate(blobs):
-            with open(path, "wb") as fh:
-                fh.write(blob)
-            loader(i, path)
-
-
-class SeededContext:
-    """SEAL objects for ``encryption="seeded"``: parameters, encoder and evaluator
-    for everyone; secret key, encryptor and decryptor for key holders only."""
-
-    def __init__(self, params: CKKSParams, secret_key: bytes | None = None) -> None:
-        seal = _seal()
-        parms = seal.EncryptionParameters(seal.SCHEME_TYPE.CKKS)
-        parms.set_poly_modulus_degree(params.poly_modulus_degree)
-        parms.set_coeff_modulus(seal.CoeffModulus.Create(params.poly_modulus_degree, list(params.coeff_mod_bit_sizes)))
-        self.params = params
-        self.parms = parms
-        # SEAL enforces the same 128-bit table (sec_level tc128) when it builds the context
-        self.context = seal.SEALContext(parms, True, seal.SEC_LEVEL_TYPE.TC128)
-        if not self.context.parameters_set():
-            raise CKKSParameterError("ckks_preset", params.preset, "SEAL rejects these parameters")
-        self.encoder = seal.CKKSEncoder(self.context)
-        self.evaluator = seal.Evaluator(self.context)
-        self._secret = None
-        if secret_key is not None:
-            sk = seal.SecretKey()
-            try:
-                _seal_load([secret_key], lambda i, path: sk.load(self.context, path))
-            except Exception as exc:
-                raise CiphertextRejectedError(f"secret key does not fit the parameters: {exc}") from None
-            self._install(sk)
-
-    @classmethod
-    def generate(cls, params: CKKSParams) -> "SeededContext":
-        ctx = cls(params)
-        ctx._install(_seal().KeyGenerator(ctx.context).secret_key())
-        return ctx
-
-    def _install(self, sk) -> None:
-        seal = _seal()
-        self._secret = sk
-        self.encryptor = seal.Encryptor(self.context, sk)
-        self.decryptor = seal.Decryptor(self.context, sk)
-
-    def is_private(self) -> bool:
-        return self._secret is not None
-
-    def secret_key_bytes(self) -> bytes:
-        assert self._secret is not None
-        return _seal_save([self._secret.save])[0]
-
-    def public_bytes(self) -> bytes:
-        """The encryption parameters alone: everything the server needs to add."""
-        return _seal_save([self.parms.save])[0]
-
-
-class SeededVector:
-    """A vector of SEAL ciphertexts that adds in place (``+=``)."""
-
-    def __init__(self, ctx: SeededContext, cts: list) -> None:
-        self.ctx = ctx
-        self.cts = cts
-
-    @property
-    def shape(self) -> list[int]:
-        return [] if len(self.cts) == 1 else [len(self.cts)]
-
-    def __iadd__(self, other: "SeededVector") -> "SeededVector":
-        if len(other.cts) != len(self.cts):
-            raise CiphertextRejectedError("cannot add ciphertext vectors of different lengths")
+    def __enter__(self) -> "_SealFile":
+        self._fd, self._tmp = -1, None
         try:
-            for a, b in zip(self.cts, other.cts):
-                self.ctx.evaluator.add_inplace(a, b)
-        except Exception as exc:  # SEAL refuses mismatched parameters or scales
-            raise CiphertextRejectedError(f"ciphertexts do not add: {exc}") from None
+            self._fd = os.memfd_create("securefl-ckks", getattr(os, "MFD_CLOEXEC", 0))
+            self.path = f"/proc/self/fd/{self._fd}"
+            if not os.path.exists(self.path):
+                raise OSError("no /proc")
+        except (AttributeError, OSError):
+            if self._fd >= 0:
+                os.close(self._fd)
+            self._fd = -1
+            import tempfile
+
+            self._tmp = tempfile.TemporaryDirectory(prefix="securefl-ckks-")
+            self.path = os.path.join(self._tmp.name, "obj")
         return self
 
+    def read(self) -> bytes:
+        """The bytes the last ``save(self.path)`` wrote."""
+        if self._fd >= 0:
+            return os.pread(self._fd, os.fstat(self._fd).st_size, 0)
+        with open(self.path, "rb") as fh:
+            return fh.read()
 
-_SEEDED_MAGIC = b"SFLC"
+    def __exit__(self, *exc: object) -> None:
+        if self._fd >= 0:
+            os.close(self._fd)
+        if self._tmp is not None:
+            self._tmp.cleanup()
 
 
-def _pack_blobs(blobs: list[bytes]) -> bytes:
-    out = [_SEEDED_MAGIC, struct.pack("<I", len(blobs))]
-    for b in blobs:
-        out += [struct.pack("<I", len(b)), b]
-    return b"".join(out)
+#: per key holder's context: SEAL's encoder, encryptor (secret key, or public key
+#: under public-key encryption) and decryptor, built once; the context keeps its keys
+_TOOLS: "weakref.WeakKeyDictionary[Any, tuple[Any, Any, Any]]" = weakref.WeakKeyDictionary()
 
 
-def _unpack_blobs(data: bytes) -> list[bytes]:
-    if data[:4] != _SEEDED_MAGIC or len(data) < 8:
-        raise CiphertextRejectedError("ciphertext rejected on receipt: no SFLC header")
-    (k,) = struct.unpack_from("<I", data, 4)
-    at, blobs = 8, []
-    for _ in range(k):
-        if at + 4 > len(data):
-            raise CiphertextRejectedError("ciphertext rejected on receipt: vector is truncated")
-        (n,) = struct.unpack_from("<I", data, at)
-        at += 4
-        if at + n > len(data):
-            raise CiphertextRejectedError("ciphertext rejected on receipt: vector is truncated")
-        blobs.append(data[at : at + n])
-        at += n
-    if at != len(data):
-        raise CiphertextRejectedError("ciphertext rejected on receipt: trailing bytes")
-    return blobs
+def _tools(ctx, params: CKKSParams) -> tuple[Any, Any, Any]:
+    """(encoder, encryptor, decryptor or None) for ``ctx``: the encryptor holds the
+    public key under public-key encryption (the server's context has it too), the
+    secret key otherwise; only a key holder's context gets a decryptor."""
+    tools = _TOOLS.get(ctx)
+    if tools is None:
+        seal, sctx, private = _seal(), ctx.seal_context().data, ctx.is_private()
+        if params.encryption == "public-key":
+            key = ctx.public_key().data
+        elif private:
+            key = ctx.secret_key().data
+        else:
+            raise CryptoUsageError("secret-key encryption needs the secret key; this context holds none")
+        decryptor = seal.Decryptor(sctx, ctx.secret_key().data) if private else None
+        tools = _TOOLS[ctx] = (seal.CKKSEncoder(sctx), seal.Encryptor(sctx, key), decryptor)
+    return tools
 
 
 def new_secret_context(params: CKKSParams, *, n_threads: int | None = None):
-    """A fresh context holding a new secret key (key holders only).
+    """A fresh TenSEAL context holding a new secret key (key holders only).
 
     The keys come from SEAL's own CSPRNG (seeded from the OS). Relinearization and
-    Galois keys are never serialized: additions need neither.
+    Galois keys are never serialized: additions need neither. Seeded encryption
+    uses a symmetric context; only its encryption differs (:func:`encrypt`).
     """
-    if params.encryption == "seeded":
-        return SeededContext.generate(params)
     ts = _ts()
-    enc = ts.ENCRYPTION_TYPE.SYMMETRIC if params.encryption == "symmetric" else ts.ENCRYPTION_TYPE.ASYMMETRIC
+    enc = ts.ENCRYPTION_TYPE.ASYMMETRIC if params.encryption == "public-key" else ts.ENCRYPTION_TYPE.SYMMETRIC
     kwargs: dict[str, Any] = {"encryption_type": enc}
     if n_threads is not None:
         kwargs["n_threads"] = n_threads
@@ -196,8 +121,6 @@ def new_secret_context(params: CKKSParams, *, n_threads: int | None = None):
 def secret_context_bytes(ctx, params: CKKSParams) -> bytes:
     """Serialize a key holder's context *with* its secret key (only ever sent
     AEAD-encrypted to another key holder)."""
-    if params.encryption == "seeded":
-        return ctx.secret_key_bytes()
     return ctx.serialize(
         save_public_key=params.encryption == "public-key",
         save_secret_key=True,
@@ -210,13 +133,11 @@ def public_context_bytes(ctx, params: CKKSParams) -> bytes:
     """The server's view of a context: no secret key, ever.
 
     For public-key encryption this is TenSEAL's ``make_context_public()`` (the
-    public key stays, so the server could encrypt); for symmetric encryption, where
-    TenSEAL has no ``make_context_public``, the context is serialized without its
-    secret key, leaving the parameters only (the server cannot even encrypt); for
-    seeded encryption it is SEAL's encryption parameters.
+    public key stays, so the server could encrypt); for secret-key encryption
+    (symmetric, seeded), where TenSEAL has no ``make_context_public``, the context
+    is serialized without its secret key, leaving the parameters only (the server
+    cannot even encrypt).
     """
-    if params.encryption == "seeded":
-        return ctx.public_bytes()
     if params.encryption == "public-key":
         pub = ctx.copy()
         pub.make_context_public(generate_galois_keys=False, generate_relin_keys=False)
@@ -226,13 +147,6 @@ def public_context_bytes(ctx, params: CKKSParams) -> bytes:
 
 def load_context(data: bytes, params: CKKSParams, *, secret: bool = False, n_threads: int | None = None):
     """Deserialize a context (``secret=True``: a key holder's) for ``params``."""
-    if params.encryption == "seeded":
-        if secret:
-            return SeededContext(params, secret_key=data)
-        ctx = SeededContext(params)
-        if ctx.public_bytes() != data:
-            raise CiphertextRejectedError("public parameters differ from the agreed CKKS parameters")
-        return ctx
     ts = _ts()
     try:
         ctx = ts.context_from(data, n_threads) if n_threads is not None else ts.context_from(data)
@@ -249,101 +163,99 @@ def context_fingerprint(public_bytes: bytes) -> str:
 
 # ---------------------------------------------------------------- vectors
 def num_ciphertexts(params: CKKSParams, length: int) -> int:
-    return max(1, math.ceil(length / params.slots))
+    return max(1, math.ceil(length / params.values_per_ciphertext))
 
 
 def _grid(params: CKKSParams, values: np.ndarray) -> tuple[np.ndarray, int]:
+    """``values`` zero-padded to whole ciphertexts, as a (k, values_per_slot, slots)
+    float64 array: ciphertext j packs ``values[j*N : j*N + N/2]`` into the real parts
+    of its slots and (two values per slot) the next ``N/2`` into the imaginary parts."""
     values = np.asarray(values, dtype=np.float64).ravel()
-    if not np.isfinite(values).all():
+    lo, hi = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    if not (math.isfinite(lo) and math.isfinite(hi)):  # min/max propagate NaN
         raise CryptoUsageError("cannot encrypt non-finite values")
-    if np.abs(values).max(initial=0.0) > 1.0 + 1e-9:
+    if max(-lo, hi) > 1.0 + 1e-9:
         raise CryptoUsageError("values to encrypt must lie in [-1, 1]; scale them first")
     k = num_ciphertexts(params, values.size)
-    grid = np.zeros(k * params.slots, dtype=np.float64)
-    grid[: values.size] = values
+    grid = np.zeros((k, params.values_per_slot, params.slots), dtype=np.float64)
+    grid.reshape(-1)[: values.size] = values
     return grid, k
 
 
 def encrypt(ctx, params: CKKSParams, values: np.ndarray) -> bytes:
-    """Encrypt a 1-D float vector (entries in [-1, 1]) into ceil(len/slots)
-    ciphertexts (zero-padded) and serialize them."""
-    grid, k = _grid(params, values)
-    if params.encryption == "seeded":
-        seal = _seal()
-        scale = 2.0**params.scale_bits
-        savers = []
-        for j in range(k):
-            pt = seal.Plaintext()
-            ctx.encoder.encode(grid[j * params.slots : (j + 1) * params.slots].tolist(), scale, pt)
-            savers.append(ctx.encryptor.encrypt_symmetric(pt).save)  # seeded: c1 is its PRNG seed
-        return _pack_blobs(_seal_save(savers))
-    ts = _ts()
-    # column j of a (slots, k) batch is ciphertext j, holding values[j*slots:(j+1)*slots];
-    # one ciphertext is a 1-D batch (TenSEAL replicates slot 0 of a (slots, 1) batch)
-    batch = grid if k == 1 else np.ascontiguousarray(grid.reshape(k, params.slots).T)
-    tensor = ts.ckks_tensor(ctx, ts.plain_tensor(batch), batch=True)
-    return tensor.serialize()
+    """Encrypt a 1-D float vector (entries in [-1, 1]) into ceil(len/N) ciphertexts
+    (zero-padded, two values per slot; N/2 with one), serialized as one batched
+    TenSEAL tensor.
+
+    SEAL's API (shipped with TenSEAL) encodes complex slots, which TenSEAL's own
+    tensors cannot; the SEAL ciphertexts are framed as the tensor TenSEAL writes, so
+    the server loads and adds them with TenSEAL. ``seeded`` saves each ciphertext's
+    second, uniformly random polynomial as the 64-byte seed it was expanded from."""
+    grid, _ = _grid(params, values)
+    encoder, encryptor, _ = _tools(ctx, params)
+    seal, scale = _seal(), ctx.global_scale
+    pt, ct, blobs = seal.Plaintext(), seal.Ciphertext(), []
+    with _SealFile() as f:
+        for row in grid:
+            encoder.encode((row[0] + 1j * row[1] if len(row) == 2 else row[0]).tolist(), scale, pt)
+            if params.encryption == "seeded":
+                encryptor.encrypt_symmetric(pt).save(f.path)
+            else:
+                if params.encryption == "symmetric":
+                    encryptor.encrypt_symmetric(pt, ct)
+                else:
+                    encryptor.encrypt(pt, ct)
+                ct.save(f.path)
+            blobs.append(f.read())
+    return pack_tensor(blobs, scale, params.slots)
 
 
 def load_ciphertext(ctx, params: CKKSParams, data: bytes, length: int):
     """Deserialize a ciphertext vector on receipt and check it: it must parse,
     pass SEAL's validity check (coefficients below the modulus, the context's
-    parameter id) and hold exactly the expected number of ciphertexts (for
-    seeded ciphertexts also: two polynomials at the data level and the scale)."""
+    parameter id), hold exactly the expected number of ciphertexts, and each must be
+    a fresh two-part ciphertext at the data level and the agreed scale. Nothing
+    touches the file system (a seeded ciphertext's seed is expanded by SEAL's loader)."""
     if not isinstance(data, (bytes, bytearray)) or len(data) == 0:
         raise CiphertextRejectedError("empty ciphertext")
     k = num_ciphertexts(params, length)
-    if params.encryption == "seeded":
-        blobs = _unpack_blobs(bytes(data))
-        if len(blobs) != k:
-            raise CiphertextRejectedError(f"ciphertext rejected on receipt: {len(blobs)} ciphertexts, expected {k}")
-        seal = _seal()
-        cts = [seal.Ciphertext() for _ in blobs]
-
-        def load(i: int, path: str) -> None:
-            ct = cts[i]
-            try:
-                ct.load(ctx.context, path)  # SEAL checks validity for the context
-            except Exception as exc:
-                raise CiphertextRejectedError(f"ciphertext rejected on receipt: {exc}") from None
-            if ct.size() != 2 or ct.coeff_modulus_size() != 1 or ct.scale != 2.0**params.scale_bits:
-                raise CiphertextRejectedError(
-                    "ciphertext rejected on receipt: not a fresh two-part ciphertext at the agreed scale"
-                )
-
-        _seal_load(blobs, load)
-        return SeededVector(ctx, cts)
-    check_tensor_encoding(bytes(data), params, k)
+    data = bytes(data)
+    check_tensor_encoding(data, params, k)
     ts = _ts()
     try:
-        tensor = ts.ckks_tensor_from(ctx, bytes(data))
+        tensor = ts.ckks_tensor_from(ctx, data)
     except Exception as exc:
         raise CiphertextRejectedError(f"ciphertext rejected on receipt: {exc}") from None
     expected = [] if k == 1 else [k]
     if list(tensor.shape) != expected:
         raise CiphertextRejectedError(f"ciphertext holds shape {list(tensor.shape)}, expected {expected}")
+    levels, scale = len(params.coeff_mod_bit_sizes) - 1, 2.0**params.scale_bits
+    for ct in tensor.data.ciphertext():
+        if ct.size() != 2 or ct.coeff_modulus_size() != levels or ct.scale != scale:
+            raise CiphertextRejectedError(
+                "ciphertext rejected on receipt: not a fresh two-part ciphertext at the agreed scale"
+            )
     return tensor
 
 
 def serialize(tensor) -> bytes:
-    if isinstance(tensor, SeededVector):
-        return _pack_blobs(_seal_save([ct.save for ct in tensor.cts]))
     return tensor.serialize()
 
 
 def decrypt(ctx, params: CKKSParams, tensor, length: int) -> np.ndarray:
-    """Decrypt a ciphertext vector with the secret key held in ``ctx``."""
-    k = num_ciphertexts(params, length)
+    """Decrypt a ciphertext vector with the secret key held in ``ctx``: each
+    ciphertext's slots decoded as complex numbers, real parts then imaginary parts."""
     if not ctx.is_private():
         raise CryptoUsageError("this context holds no secret key: it cannot decrypt")
-    if params.encryption == "seeded":
-        seal = _seal()
-        out = []
-        for ct in tensor.cts:
-            pt = seal.Plaintext()
-            ctx.decryptor.decrypt(ct, pt)
-            out.append(np.asarray(ctx.encoder.decode_double(pt), dtype=np.float64))
-        return np.concatenate(out)[:length]
-    plain = tensor.decrypt(ctx.secret_key())
-    arr = np.asarray(plain.raw, dtype=np.float64).reshape(params.slots, k)
-    return arr.T.reshape(-1)[:length]
+    encoder, _, decryptor = _tools(ctx, params)
+    cts = tensor.data.ciphertext()
+    out = np.empty((len(cts), params.values_per_slot, params.slots), dtype=np.float64)
+    pt = _seal().Plaintext()
+    for j, ct in enumerate(cts):
+        decryptor.decrypt(ct, pt)
+        if params.values_per_slot == 2:
+            z = np.array(encoder.decode_complex(pt), dtype=np.complex128)
+            out[j, 0], out[j, 1] = z.real, z.imag
+        else:
+            out[j, 0] = encoder.decode_double(pt)
+    return out.reshape(-1)[:length]

@@ -5,6 +5,8 @@ an empty ciphertext field (``b"\\n\\x00"``) crashes the whole process with a
 segmentation fault, which no ``except`` can contain. So a ciphertext from another
 party reaches TenSEAL only in the exact layout :func:`securefl.crypto.hazmat.ckks_seal.encrypt`
 writes; anything else raises :class:`~securefl.exceptions.CiphertextRejectedError`.
+:func:`pack_tensor` writes that layout around SEAL ciphertexts saved outside TenSEAL
+(seeded symmetric ciphertexts, which TenSEAL's own encryption cannot produce).
 """
 
 from __future__ import annotations
@@ -15,13 +17,36 @@ from typing import Any
 from securefl.crypto.hazmat.ckks import CKKSParams
 from securefl.exceptions import CiphertextRejectedError
 
-__all__ = ["check_tensor_encoding"]
+__all__ = ["check_tensor_encoding", "pack_tensor", "tensor_fields"]
 
 _SEAL_MAGIC = b"\x5e\xa1"
 _SEAL_HEADER = struct.Struct("<2sBBBBHQ")  # magic, header size, major, minor, compression, reserved, size
 
 
-def _varint(data: bytes, at: int) -> tuple[int, int]:
+def _put_varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append((value & 0x7F) | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def pack_tensor(ciphertexts: list[bytes], scale: float, slots: int) -> bytes:
+    """A TenSEAL ``CKKSTensorProto`` of ``k`` batched SEAL ciphertexts, field for
+    field as TenSEAL writes it: shape ``[k]`` (absent for one), the ciphertexts, the
+    scale and the batch size (SEAL's loader expands a seeded ciphertext's seed)."""
+    out = []
+    if len(ciphertexts) > 1:
+        shape = _put_varint(len(ciphertexts))
+        out += [b"\x0a", _put_varint(len(shape)), shape]
+    for ct in ciphertexts:
+        out += [b"\x12", _put_varint(len(ct)), ct]
+    out += [b"\x19", struct.pack("<d", scale), b"\x20", _put_varint(slots)]
+    return b"".join(out)
+
+
+def _varint(data: bytes | memoryview, at: int) -> tuple[int, int]:
     value = shift = 0
     while True:
         if at >= len(data) or shift > 63:
@@ -34,9 +59,10 @@ def _varint(data: bytes, at: int) -> tuple[int, int]:
             return value, at
 
 
-def _tensor_fields(data: bytes) -> list[tuple[int, int, Any]]:
+def tensor_fields(data: bytes | memoryview) -> list[tuple[int, int, Any]]:
     """The (field, wire type, value) sequence of a protobuf message; only the wire
-    types TenSEAL writes (varint, 64-bit, length-delimited)."""
+    types TenSEAL writes (varint, 64-bit, length-delimited). Values are views of
+    ``data`` when it is a memoryview (no copy of the ciphertexts)."""
     out, at = [], 0
     while at < len(data):
         key, at = _varint(data, at)
@@ -64,8 +90,8 @@ def check_tensor_encoding(data: bytes, params: CKKSParams, k: int) -> None:
     the process), so only the exact layout :func:`encrypt` writes reaches it: shape
     ``[k]`` (absent for one ciphertext), ``k`` SEAL ciphertexts whose own headers
     declare their lengths, the agreed scale and the batch size of ``slots``."""
-    fields = _tensor_fields(data)
-    shape = [v for f, _, v in fields if f == 1]
+    fields = tensor_fields(memoryview(data))
+    shape = [bytes(v) for f, t, v in fields if f == 1 and t == 2]  # packed varints, as TenSEAL writes
     cts = [v for f, t, v in fields if f == 2 and t == 2]
     scales = [v for f, t, v in fields if f == 3 and t == 1]
     batch = [v for f, t, v in fields if f == 4 and t == 0]
