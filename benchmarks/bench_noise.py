@@ -82,6 +82,7 @@ def bench_dpsgd(steps: int, repeats: int) -> dict:
             run = lambda: dp_sgd_train(  # noqa: E731
                 model, x, y, loss_fn=F.cross_entropy, optimizer_fn=lambda ps: torch.optim.SGD(ps, lr=0.1),
                 noise_multiplier=1.0, max_grad_norm=1.0, sample_rate=0.05, steps=steps, rng=SecureRNG(),
+                grad_sample_mode="hooks",  # the mode whose optimizer class is swapped above
             )
             cpu, wall = _timed(run, repeats)
         finally:

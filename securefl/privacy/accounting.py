@@ -24,7 +24,7 @@ import math
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Iterable
+from typing import Callable, Iterable
 
 import numpy as np
 
@@ -132,6 +132,53 @@ def _prv_domain_size(history: History, eps_error: float, delta_error: float) -> 
     return max(half_width, eps_error) + 3
 
 
+def _prv_cdf(q: float, sigma: float) -> Callable[[float], float]:
+    """The CDF of the Poisson-subsampled Gaussian PRV at a scalar ``t``, in ``math``:
+    Opacus' ``PoissonSubsampledGaussianPRV.cdf`` (Gopi et al. 2021, Prop. B4) without
+    numpy's per-call overhead, for the numerical integration of its mean."""
+    lo = -math.inf if q == 1 else math.log(1 - q)
+    a, b = 2 * math.sqrt(2) * sigma, 2 * sigma * sigma
+
+    def cdf(t: float) -> float:
+        if not t > lo:
+            return 0.0
+        if t > 700:  # numpy's exp overflows to inf here, and the CDF is 1 either way
+            return 1.0
+        u = (math.exp(t) + q - 1) / q
+        z = math.log(u) if u > 0 else -math.inf  # numpy: log(0) = -inf, erfc(-inf) = 2
+        return -q * math.erfc((b * z - 1) / a) / 2 - (1 - q) * math.erfc((b * z + 1) / a) / 2 + 1.0
+
+    return cdf
+
+
+def _truncated_prv(q: float, sigma: float, t_min: float, t_max: float):
+    """Opacus' ``TruncatedPrivacyRandomVariable`` whose ``mean()`` (the same
+    piecewise ``quad`` integration by parts) runs on a scalar ``math`` CDF: the same
+    mean to ~1e-16, an order of magnitude faster (it was most of a PRV evaluation)."""
+    from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV, TruncatedPrivacyRandomVariable
+    from scipy import integrate
+
+    class _Truncated(TruncatedPrivacyRandomVariable):
+        def mean(self) -> float:
+            base, mass = _prv_cdf(q, sigma), float(self._remaining_mass)
+            c_min = base(self.t_min)
+
+            def cdf(t: float) -> float:
+                return 0.0 if t < self.t_min else (base(t) - c_min) / mass if t < self.t_max else 1.0
+
+            points = np.concatenate([
+                [self.t_min], -np.logspace(int(np.log10(np.abs(self.t_min))), -5, num=10), [0],
+                np.logspace(-5, int(np.log10(self.t_max)), num=10), [self.t_max],
+            ])  # fmt: skip
+            mean = 0.0
+            for left, right in zip(points[:-1], points[1:]):
+                integral, _ = integrate.quad(cdf, left, right, limit=500)
+                mean += right * cdf(right) - left * cdf(left) - integral
+            return mean
+
+    return _Truncated(PoissonSubsampledGaussianPRV(q, sigma), t_min, t_max)
+
+
 @functools.lru_cache(maxsize=4096)
 def prv_epsilon(history: History, delta: float, eps_error: float = 0.01) -> tuple[float, float, float]:
     """PRV ``(lower, estimate, upper)`` bounds on epsilon for ``history`` at ``delta``
@@ -142,13 +189,7 @@ def prv_epsilon(history: History, delta: float, eps_error: float = 0.01) -> tupl
         return (0.0, 0.0, 0.0)
     if any(sigma == 0 for sigma, _, _ in history):
         return (float("inf"),) * 3
-    from opacus.accountants.analysis.prv import (
-        Domain,
-        PoissonSubsampledGaussianPRV,
-        TruncatedPrivacyRandomVariable,
-        compose_heterogeneous,
-        discretize,
-    )
+    from opacus.accountants.analysis.prv import Domain, compose_heterogeneous, discretize
 
     delta_error = delta / 1000
     steps = [n for _, _, n in history]
@@ -159,15 +200,7 @@ def prv_epsilon(history: History, delta: float, eps_error: float = 0.01) -> tupl
             half_width = _prv_domain_size(history, eps_error, delta_error)
             mesh = eps_error / np.sqrt(sum(steps) * np.log(12 / delta_error) / 2)
             domain = Domain.create_aligned(-half_width, half_width, mesh)
-            dprvs = [
-                discretize(
-                    TruncatedPrivacyRandomVariable(
-                        PoissonSubsampledGaussianPRV(q, sigma), domain.t_min, domain.t_max
-                    ),
-                    domain,
-                )
-                for sigma, q, _ in history
-            ]
+            dprvs = [discretize(_truncated_prv(q, sigma, domain.t_min, domain.t_max), domain) for sigma, q, _ in history]
             dprv = compose_heterogeneous(dprvs=dprvs, num_self_compositions=steps)
             lo, est, hi = dprv.compute_epsilon(delta, delta_error, eps_error)
     except (ValueError, RuntimeError, OverflowError) as exc:  # pragma: no cover - numeric edge

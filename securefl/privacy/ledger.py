@@ -34,7 +34,7 @@ from typing import Any, Iterable
 
 import numpy as np
 
-from securefl._io import atomic_write_json
+from securefl._io import atomic_write_bytes
 from securefl.exceptions import AccountingError, BudgetExhaustedError, ConfigValueError, LedgerError
 from securefl.privacy import accounting
 from securefl.privacy.events import Mechanism
@@ -192,11 +192,17 @@ class PrivacyLedger:
         return list(seen)
 
     def history(self, subject: str) -> accounting.History:
-        return accounting.normalize(
-            (e["noise_multiplier"], e["sample_rate"], e["steps"])
-            for e in self.entries
-            if e["subject"] == subject
-        )
+        """``subject``'s normalized runs, from an index kept up to date with
+        ``entries`` (appends are read incrementally; a replaced list is re-read)."""
+        index = self.__dict__.get("_index")
+        if index is None or index[0] is not self.entries or index[1] > len(self.entries):
+            index = self._index = [self.entries, 0, {}]
+        _, seen, by_subject = index
+        for e in self.entries[seen:]:
+            run = (e["noise_multiplier"], e["sample_rate"], e["steps"])
+            by_subject[e["subject"]] = accounting.normalize(by_subject.get(e["subject"], ()) + (run,))
+        index[1] = len(self.entries)
+        return by_subject.get(subject, ())
 
     def spent(self, subject: str) -> accounting.EpsilonReport:
         return accounting.epsilon(self.history(subject), self.delta)
@@ -204,10 +210,13 @@ class PrivacyLedger:
     def would_spend(self, subject: str, noise_multiplier: float, sample_rate: float, steps: int) -> float:
         """Epsilon of ``subject`` (under the ledger's accountant) if one more
         mechanism run with these parameters were recorded."""
-        h = self.history(subject) + ((float(noise_multiplier), float(sample_rate), int(steps)),)
+        return self._epsilon_after(subject, self.history(subject) + ((float(noise_multiplier), float(sample_rate), int(steps)),))
+
+    def _epsilon_after(self, subject: str, history: accounting.History) -> float:
+        """Epsilon of ``history`` (``subject``'s runs plus one) under the ledger's accountant."""
         if self.accountant == "prv":
-            check_prv_cost(h, self.delta, subject)
-        return accounting.epsilon_under(self.accountant, h, self.delta)
+            check_prv_cost(history, self.delta, subject)
+        return accounting.epsilon_under(self.accountant, history, self.delta)
 
     def within_budget(self, eps: float) -> bool:
         """Whether ``eps`` (under the ledger's accountant) is allowed by the budget."""
@@ -215,7 +224,11 @@ class PrivacyLedger:
 
     def check_budget(self, subject: str, noise_multiplier: float, sample_rate: float, steps: int) -> float:
         """Raise :class:`BudgetExhaustedError` if the run would exceed the budget."""
-        would_be = self.would_spend(subject, noise_multiplier, sample_rate, steps)
+        history = self.history(subject) + ((float(noise_multiplier), float(sample_rate), int(steps)),)
+        return self._enforce(subject, history)
+
+    def _enforce(self, subject: str, history: accounting.History) -> float:
+        would_be = self._epsilon_after(subject, history)
         if not self.within_budget(would_be):
             spent = accounting.epsilon_under(self.accountant, self.history(subject), self.delta)
             raise BudgetExhaustedError(subject, spent, would_be, self.budget)
@@ -251,11 +264,12 @@ class PrivacyLedger:
             "sample_rate": float(sample_rate),
             "steps": int(steps),
         }
-        if enforce_budget:
-            self.check_budget(subject, noise_multiplier, sample_rate, steps)
         history = self.history(subject) + ((run["noise_multiplier"], run["sample_rate"], run["steps"]),)
-        check_prv_cost(history, self.delta, subject)
-        report = accounting.epsilon(history, self.delta)
+        if enforce_budget:
+            self._enforce(subject, history)  # the enforcing accountant first (PRV: its cost checked)
+        if not (enforce_budget and self.accountant == "prv"):
+            check_prv_cost(history, self.delta, subject)
+        report = accounting.epsilon(history, self.delta)  # the enforcing one's value is cached
         body = {
             "seq": len(self.entries),
             **run,
@@ -282,8 +296,29 @@ class PrivacyLedger:
         }
 
     def save(self) -> None:
+        """Write the ledger atomically (:func:`securefl._io.atomic_write_bytes`), as
+        ``json.dumps(self.to_dict(), indent=2)``; each entry is serialized once and
+        its text reused while the entry (same object, same hash) is unchanged."""
         if self.path is not None:
-            atomic_write_json(self.path, self.to_dict())
+            atomic_write_bytes(self.path, self.dumps().encode())
+
+    def dumps(self) -> str:
+        """The file's text: byte for byte ``json.dumps(self.to_dict(), indent=2) + "\n"``."""
+        data = self.to_dict()
+        if not self.entries:
+            return json.dumps(data, indent=2) + "\n"
+        cache: dict[int, tuple[dict[str, Any], Any, str]] = self.__dict__.setdefault("_texts", {})
+        texts = []
+        for e in self.entries:
+            hit = cache.get(id(e))
+            if hit is None or hit[0] is not e or hit[1] != e.get("hash"):
+                hit = cache[id(e)] = (e, e.get("hash"), "    " + json.dumps(e, indent=2).replace("\n", "\n    "))
+            texts.append(hit[2])
+        if len(cache) > 2 * len(self.entries):  # entries replaced: forget the old ones
+            live = {id(e) for e in self.entries}
+            self._texts = {k: v for k, v in cache.items() if k in live}
+        head = json.dumps({**data, "entries": []}, indent=2)  # ends with '"entries": []\n}'
+        return head[: -len("[]\n}")] + "[\n" + ",\n".join(texts) + "\n  ]\n}\n"
 
     # --------------------------------------------------------------- loading
     @classmethod

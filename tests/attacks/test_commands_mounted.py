@@ -45,6 +45,7 @@ def test_every_command_is_mounted_with_a_handler(argv):
 
 def test_plugins_keep_securefl_own_command_first():
     found = cli.plugins()
-    assert list(found) == ["attack", "audit"]
+    assert sorted(found) == ["", "attack", "audit"]
     assert found["audit"][0].__module__.startswith("securefl.")
+    assert [f.__module__ for f in found[""]] == ["securefl.bench.commands"]
     assert len(found["attack"]) == 4 and len(found["audit"]) == 2

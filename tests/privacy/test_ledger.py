@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import copy
+import functools
 import json
 import os
 import shutil
@@ -459,3 +460,54 @@ def test_prv_grid_points_matches_the_accountant(history, monkeypatch):
     A.prv_epsilon(A.normalize(history), DELTA)
     assert len(sizes) == 1
     assert L.prv_grid_points(history, DELTA) == pytest.approx(len(history) * sizes[0], rel=0.01)
+
+
+# ---------------------------------------------------------- cost of recording (issue 15)
+def test_saved_text_is_plain_json_dumps_and_follows_in_memory_changes(tmp_path):
+    """Each entry is serialized once; the file stays byte for byte ``json.dumps(indent=2)``."""
+    path = tmp_path / "ledger.json"
+    ledger = PrivacyLedger(path, delta=DELTA, budget=50.0)
+    for i, run in enumerate(RUNS):
+        entry = _record_all(ledger, [run])[0]
+        assert entry is ledger.entries[-1] and len(ledger.entries) == i + 1
+        assert path.read_text() == json.dumps(ledger.to_dict(), indent=2) + "\n"
+    again = PrivacyLedger.load(path)
+    assert again.dumps() == path.read_text()
+    # a replaced entry list (or an entry re-chained in memory) is serialized afresh
+    again.entries = again.entries[:2]
+    assert again.dumps() == json.dumps(again.to_dict(), indent=2) + "\n"
+    changed = dict(again.entries[1], hash="0" * 64)
+    again.entries[1] = changed
+    assert '"hash": "' + "0" * 64 in again.dumps()
+
+
+def test_history_index_follows_appends_and_replacements(tmp_path):
+    ledger = PrivacyLedger(None, delta=DELTA)
+    _record_all(ledger)
+    assert ledger.history("alice") == ((2.0, 1.0, 20), (1.5, 1.0, 2))
+    assert ledger.history("bob") == ((3.0, 1.0, 5),) and ledger.history("nobody") == ()
+    ledger.entries = ledger.entries[:1]
+    assert ledger.history("alice") == ((2.0, 1.0, 10),) and ledger.history("bob") == ()
+
+
+def test_record_computes_each_accountant_once(monkeypatch):
+    """The enforcing accountant is evaluated once per record (its value reused for the
+    entry), the other once for the entry; the PRV cost check runs once."""
+    calls = {"prv": 0, "rdp": 0, "cost": 0}
+    prv, rdp, cost = A.prv_epsilon, A.rdp_epsilon, L.check_prv_cost
+
+    def count(name, fn):
+        def wrapped(*a, **k):
+            calls[name] += 1
+            return fn(*a, **k)
+        return wrapped
+
+    monkeypatch.setattr(A, "prv_epsilon", functools.lru_cache(count("prv", prv.__wrapped__)))  # count misses
+    monkeypatch.setattr(A, "rdp_epsilon", count("rdp", rdp))
+    monkeypatch.setattr(L, "check_prv_cost", count("cost", cost))
+    for steps, accountant in ((3, "prv"), (4, "rdp")):
+        ledger = PrivacyLedger(None, delta=DELTA, budget=50.0, accountant=accountant)
+        ledger.record(subject="a", round=1, mechanism="dp-sgd", noise_multiplier=2.0, sample_rate=1.0, steps=steps)
+        # PRV once (RDP, the cheap one, again for the entry when it enforces); the cost check once
+        assert calls == {"prv": 1, "rdp": 1 if accountant == "prv" else 2, "cost": 1}, accountant
+        calls.update(prv=0, rdp=0, cost=0)
