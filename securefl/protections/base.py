@@ -82,24 +82,51 @@ class Exchange:
 
     def send(self, client: ClientLike, message: bytes, *, method: str = "handle") -> bytes | None:
         """Deliver ``message`` to ``client`` (``method`` is ``"fit"`` or ``"handle"``)."""
-        cid = client.client_id
-        if self.gone(cid):
-            return None
-        self._asked[cid] = self._asked.get(cid, 0) + 1
-        self.bytes_down += len(message)
-        if self._drop_at.get(cid) == self._asked[cid]:
-            self.dropped.append(cid)
+        if not self.admit(client.client_id, message):
             return None
         try:
             reply = getattr(client, method)(message)
-        except BudgetExhaustedError:
-            self.refused.append(cid)
+        except (BudgetExhaustedError, ClientDropout) as exc:
+            return self.settle(client.client_id, exc)
+        return self.settle(client.client_id, reply)
+
+    def send_many(
+        self, requests: Sequence[tuple[ClientLike, bytes]], *, method: str = "handle"
+    ) -> list[bytes | None]:
+        """Deliver one stage's messages, a reply (or None) for each request in order.
+
+        This is the transport seam: in process the messages go one after another
+        through :meth:`send`; a networked exchange (:mod:`securefl.transport.flower`)
+        delivers them concurrently, through :meth:`admit` and :meth:`settle` so that
+        counting, refusals and dropouts follow the same rules."""
+        return [self.send(client, message, method=method) for client, message in requests]
+
+    def admit(self, client_id: str, message: bytes) -> bool:
+        """Count ``message`` as sent to ``client_id``; False if the client is gone or
+        (simulated dropout) vanishes instead of answering it."""
+        if self.gone(client_id):
+            return False
+        self._asked[client_id] = self._asked.get(client_id, 0) + 1
+        self.bytes_down += len(message)
+        if self._drop_at.get(client_id) == self._asked[client_id]:
+            self.dropped.append(client_id)
+            return False
+        return True
+
+    def settle(self, client_id: str, outcome: bytes | Exception) -> bytes | None:
+        """Record an admitted message's outcome: the reply (counted), or a refusal
+        (:class:`BudgetExhaustedError`) or disappearance (:class:`ClientDropout`)
+        as None; any other exception is raised."""
+        if isinstance(outcome, BudgetExhaustedError):
+            self.refused.append(client_id)
             return None
-        except ClientDropout:
-            self.dropped.append(cid)
+        if isinstance(outcome, ClientDropout):
+            self.dropped.append(client_id)
             return None
-        self.bytes_up += len(reply)
-        return reply
+        if isinstance(outcome, BaseException):
+            raise outcome
+        self.bytes_up += len(outcome)
+        return outcome
 
 
 class ClientProtection(ABC):
@@ -165,7 +192,7 @@ class Plaintext(ClientProtection, ServerProtection):
     def aggregate(
         self, clients: Sequence[ClientLike], global_message: bytes, dim: int, exchange: Exchange
     ) -> AggregateInput | None:
-        replies = [exchange.send(c, global_message, method="fit") for c in clients]
+        replies = exchange.send_many([(c, global_message) for c in clients], method="fit")
         replies = [r for r in replies if r is not None]
         return self.open(replies, dim) if replies else None
 

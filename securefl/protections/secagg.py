@@ -97,7 +97,9 @@ class SecAggServerProtection(ServerProtection):
         server = SecAggServer(exchange.round, roster, settings=self.settings, directory=self.directory)
 
         def ask(ids: Sequence[str], make: Callable[[str], bytes], method: str = "handle") -> dict[str, bytes | None]:
-            return {u: exchange.send(by_id[u], make(u), method=method) for u in ids}
+            ids = list(ids)
+            replies = exchange.send_many([(by_id[u], make(u)) for u in ids], method=method)
+            return dict(zip(ids, replies))
 
         u1 = server.collect_keys(ask(server.roster, server.advertise_request))
         u2 = server.collect_shares(ask(u1, server.share_request))

@@ -1,0 +1,1 @@
+"""Flower SecAgg+ baseline app."""

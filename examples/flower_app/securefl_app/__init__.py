@@ -1,0 +1,1 @@
+"""securefl on Flower: the ServerApp and the ClientApp of `flwr run`."""
