@@ -18,6 +18,16 @@ per privacy mode, never chosen by the server:
   client's *own* clip with ``weight = 1``, plus the ``unclipped`` bit with adaptive
   clipping only (its sum is noised by the server and charged by the accountant).
 
+A round is ``local_steps`` minibatch steps, or ``local_epochs`` passes. With
+``client_momentum`` (worker momentum, Karimireddy, He, Jaggi, ICML 2021) the client
+keeps its SGD momentum buffer across rounds (:meth:`SecureClient.state_dict`). That
+state never leaves the client, and it is covered by the DP release it came from:
+under ``dp="sample"`` it averages DP-SGD's already noised gradients (post-processing
+of the client's DP-SGD releases); under ``dp="client"`` every round's update is
+clipped to the client's clip whatever it was computed from, and the configuration
+refuses worker momentum with client sampling, whose hidden coin flips the buffer
+would otherwise carry from round to round.
+
 Privacy parameters in the server's message are checked against the client's own
 configuration (a mismatch raises :class:`~securefl.exceptions.ProtocolError`), and a
 :class:`~securefl.crypto.replay.RoundGuard` refuses any round at or below the last
@@ -26,7 +36,6 @@ one answered (:class:`~securefl.exceptions.ReplayError`).
 
 from __future__ import annotations
 
-import hashlib
 import math
 from dataclasses import dataclass
 from typing import Any, Callable
@@ -37,11 +46,12 @@ from torch import nn
 
 from securefl.config import ClientConfig, DPConfig, DPMode
 from securefl.crypto.replay import RoundGuard
+from securefl.data import minibatches
 from securefl.exceptions import ConfigValueError, ProtocolError
 from securefl.models import get_flat, set_flat
 from securefl.privacy.calibration import noise_multiplier_for
 from securefl.privacy.client_dp import clip_update
-from securefl.privacy.dpsgd import dp_sgd_train, steps_per_round
+from securefl.privacy.dpsgd import WrapperCache, dp_sgd_train, steps_per_round
 from securefl.privacy.events import Mechanism
 from securefl.privacy.ledger import PrivacyLedger
 from securefl.privacy.noise import SecureRNG
@@ -56,9 +66,13 @@ def _loss_fn(task: str) -> Callable[..., torch.Tensor]:
 
 def local_schedule(config: ClientConfig, num_samples: int, algorithm: str = "fedavg") -> tuple[float, int]:
     """A client's DP-SGD sampling rate and local steps per round: the rate is
-    ``config.sample_rate``, or ``batch_size / n_k`` (at most 1); FedSGD takes one step."""
+    ``config.sample_rate``, or ``batch_size / n_k`` (at most 1); the steps are
+    ``config.local_steps`` when set, else enough for ``local_epochs`` passes in
+    expectation; FedSGD takes one step."""
     sample_rate = min(1.0, config.sample_rate or config.batch_size / num_samples)
-    steps = 1 if algorithm == "fedsgd" else steps_per_round(config.local_epochs, sample_rate)
+    if algorithm == "fedsgd":
+        return sample_rate, 1
+    steps = config.local_steps or steps_per_round(config.local_epochs, sample_rate)
     return sample_rate, steps
 
 
@@ -140,6 +154,12 @@ class SecureClient:
                     dp, sample_rate=self.sample_rate, steps=planned_rounds * self.local_steps
                 )
             self.noise_multiplier = float(noise_multiplier)
+        #: worker momentum kept across rounds (``config.client_momentum > 0``), flat
+        self.momentum_buffer: torch.Tensor | None = torch.zeros(self.dim) if config.client_momentum > 0 else None
+        self._opt: torch.optim.Optimizer | None = None
+        #: DP-SGD's grad-sample mode (``dpsgd.GRAD_SAMPLE_MODES``); the wrapped model is kept across rounds
+        self.grad_sample_mode = "auto"
+        self._dp_wrappers = WrapperCache()
 
     @property
     def num_samples(self) -> int:
@@ -149,7 +169,50 @@ class SecureClient:
         c = self.config
         if c.optimizer == "adam":
             return torch.optim.Adam(params, lr=c.lr)
-        return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum)
+        if self.momentum_buffer is None:
+            return torch.optim.SGD(params, lr=c.lr, momentum=c.momentum)
+        beta = c.client_momentum
+        # dampening beta: buf <- beta buf + (1 - beta) g, as in Karimireddy et al. 2021
+        opt = torch.optim.SGD(params, lr=c.lr, momentum=beta, dampening=beta)
+        offset = 0
+        for p in params:
+            opt.state[p]["momentum_buffer"] = self.momentum_buffer[offset : offset + p.numel()].view_as(p).clone()
+            offset += p.numel()
+        self._opt = opt
+        return opt
+
+    def _keep_momentum(self) -> None:
+        """Store the round's final worker-momentum buffer (it stays on the client)."""
+        if self.momentum_buffer is None or self._opt is None:
+            return
+        bufs = [self._opt.state[p]["momentum_buffer"] for group in self._opt.param_groups for p in group["params"]]
+        self.momentum_buffer = torch.cat([b.detach().reshape(-1) for b in bufs]).to(torch.float32).clone()
+        self._opt = None
+
+    # ------------------------------------------------------------ persistent state
+    def state_dict(self) -> dict[str, Any]:
+        """What this client carries from one round to the next, as plain values:
+        ``{"momentum_buffer": tensor of dim floats or None}`` (worker momentum).
+
+        Under ``dp="sample"`` the buffer is a running average of DP-SGD's already
+        noised gradients, so it is post-processing of the client's DP releases and
+        costs no budget; it depends on private data and must stay with the client
+        (save it where the client keeps its own data, never hand it to the server)."""
+        buf = self.momentum_buffer
+        return {"momentum_buffer": None if buf is None else buf.clone()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` returned (e.g. when resuming a run)."""
+        if not isinstance(state, dict) or set(state) != {"momentum_buffer"}:
+            raise ConfigValueError("state", sorted(state) if isinstance(state, dict) else state, "expected the keys ['momentum_buffer']")
+        buf = state["momentum_buffer"]
+        if (buf is None) != (self.momentum_buffer is None):
+            raise ConfigValueError("momentum_buffer", None if buf is None else "tensor", "does not match this client's client_momentum")
+        if buf is not None:
+            buf = torch.as_tensor(buf, dtype=torch.float32).reshape(-1)
+            if buf.numel() != self.dim or not bool(torch.isfinite(buf).all()):
+                raise ConfigValueError("momentum_buffer", tuple(buf.shape), f"must hold {self.dim} finite values")
+            self.momentum_buffer = buf.clone()
 
     # ------------------------------------------------------------ training
     def train(self, weights: torch.Tensor, round_: int) -> LocalResult:
@@ -184,10 +247,13 @@ class SecureClient:
                 # public: the update's scale must not reveal n_k (batch_size = q * n_k when
                 # the sampling rate is derived from it)
                 expected_batch_size=float(self.config.batch_size),
+                grad_sample_mode=self.grad_sample_mode,
+                cache=self._dp_wrappers,
             )
             steps = self.local_steps
         else:
             loss, steps = self._plain_train(loss_fn, round_)
+        self._keep_momentum()
         update = get_flat(self.model) - weights
         return LocalResult(update, self.num_samples, loss, steps, epsilon)
 
@@ -197,15 +263,9 @@ class SecureClient:
         if self.algorithm == "fedsgd":
             batches = [torch.arange(n)]
         else:
-            digest = hashlib.sha256(f"{self.seed}:{self.client_id}:{round_}".encode()).digest()
-            gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
-            bs = min(self.config.batch_size, n)
-            epochs = self.config.local_epochs
-            batches = []
-            for _ in range(math.ceil(epochs)):
-                perm = torch.randperm(n, generator=gen)
-                batches.extend(perm[i : i + bs] for i in range(0, n, bs))
-            batches = batches[: max(1, round(epochs * math.ceil(n / bs)))]
+            c = self.config
+            key = f"{self.seed}:{self.client_id}:{round_}"
+            batches = minibatches(n, c.batch_size, epochs=c.local_epochs, steps=c.local_steps, key=key)
         losses = []
         for idx in batches:
             opt.zero_grad()

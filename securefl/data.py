@@ -3,7 +3,8 @@
 Every dataset here ships inside a dependency (scikit-learn) or is synthetic, so
 nothing is downloaded at run time. Any ``torch.utils.data.Dataset`` of
 ``(x, y)`` pairs from the user works as well: :func:`as_tensors` turns it into the
-tensor form the clients train on.
+tensor form the clients train on, and :func:`as_federated` (or a ``MODULE:CALLABLE``
+spec given to :func:`load_dataset`) turns a user's data into :class:`FederatedData`.
 
 Partitioners return one index array per client, are seeded, and never drop or
 duplicate an example.
@@ -11,6 +12,7 @@ duplicate an example.
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass
 from typing import Callable
 
@@ -18,7 +20,8 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, TensorDataset
 
-from securefl.exceptions import ConfigValueError
+from securefl.exceptions import ConfigError, ConfigValueError
+from securefl.userspec import SPEC_FORM, is_user_spec, load_callable
 
 
 @dataclass(frozen=True)
@@ -143,16 +146,101 @@ DATASETS: dict[str, Callable[..., FederatedData]] = {
 
 
 def load_dataset(name: str, *, test_fraction: float = 0.2, seed: int = 0) -> FederatedData:
-    """Load an embedded dataset by name (see ``DATASETS``)."""
+    """Load an embedded dataset by name (see ``DATASETS``), or a user's dataset named
+    by a ``MODULE:CALLABLE`` spec (see :func:`as_federated` for what it may return)."""
+    if is_user_spec(name):
+        fn = load_callable("dataset", name)
+        return as_federated(_call_dataset(fn, name, seed), name=name, test_fraction=test_fraction, seed=seed)
     if name not in DATASETS:
-        raise ConfigValueError("dataset", name, f"must be one of {', '.join(sorted(DATASETS))}")
+        raise ConfigValueError("dataset", name, f"must be one of {', '.join(sorted(DATASETS))} or {SPEC_FORM}")
     return DATASETS[name](test_fraction=test_fraction, seed=seed)
+
+
+def _call_dataset(fn: Callable[..., object], name: str, seed: int) -> object:
+    try:
+        takes_seed = "seed" in inspect.signature(fn).parameters
+    except (TypeError, ValueError):
+        takes_seed = False
+    try:
+        return fn(seed=seed) if takes_seed else fn()
+    except ConfigError:
+        raise
+    except Exception as exc:  # the user's callable failed: one line naming the field
+        raise ConfigValueError("dataset", name, f"the callable raised {type(exc).__name__}: {exc}") from None
 
 
 def as_tensors(dataset: Dataset) -> tuple[torch.Tensor, torch.Tensor]:
     """Stack a user ``Dataset`` of ``(x, y)`` pairs into two tensors."""
+    if isinstance(dataset, TensorDataset) and len(dataset.tensors) == 2:
+        return dataset.tensors[0], dataset.tensors[1]
     xs, ys = zip(*(dataset[i] for i in range(len(dataset))))  # type: ignore[arg-type]
     return torch.stack([torch.as_tensor(x) for x in xs]), torch.as_tensor(np.asarray(ys))
+
+
+_FORMS = "(X, y) tensors or arrays, a torch Dataset of (x, y) pairs, or a pair (train, test) of those"
+
+
+def _is_array(v: object) -> bool:
+    return isinstance(v, (torch.Tensor, np.ndarray))
+
+
+def _xy(obj: object, name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """One set as ``(x, y)`` tensors: features float32 with a batch axis first."""
+    if isinstance(obj, Dataset):
+        x, y = as_tensors(obj)
+    elif isinstance(obj, (tuple, list)) and len(obj) == 2 and all(_is_array(v) for v in obj):
+        x, y = torch.as_tensor(obj[0]), torch.as_tensor(obj[1])
+    else:
+        raise ConfigValueError("dataset", name, f"returned a {type(obj).__name__}; it must return {_FORMS}")
+    if x.dtype.is_complex or not (x.dtype.is_floating_point or x.dtype in _INT_DTYPES) or len(x) == 0:
+        raise ConfigValueError("dataset", name, f"features must be a non-empty real tensor (got {x.dtype}, {len(x)} rows)")
+    if len(x) != len(y):
+        raise ConfigValueError("dataset", name, f"has {len(x)} inputs but {len(y)} targets")
+    return (x.float().unsqueeze(1) if x.dim() == 1 else x.float()), y
+
+
+_INT_DTYPES = (torch.uint8, torch.int8, torch.int16, torch.int32, torch.int64, torch.bool)
+
+
+def _user_split(obj: object, name: str, test_fraction: float, seed: int):
+    """``(x_tr, y_tr, x_te, y_te)`` from what a user's callable returned; one set is
+    split with the run's seed (stratified by label when that is possible)."""
+    two = isinstance(obj, (tuple, list)) and len(obj) == 2 and not all(_is_array(v) for v in obj)
+    if two:
+        (x_tr, y_tr), (x_te, y_te) = _xy(obj[0], name), _xy(obj[1], name)
+        return x_tr, y_tr, x_te, y_te
+    x, y = _xy(obj, name)
+    if len(x) < 2:
+        raise ConfigValueError("dataset", name, f"has {len(x)} example; a train/test split needs at least 2")
+    classify = not y.dtype.is_floating_point
+    try:
+        x_tr, x_te, y_tr, y_te = _split(x.numpy(), y.numpy(), test_fraction, seed, stratify=classify)
+    except ValueError:  # a class too small to stratify
+        x_tr, x_te, y_tr, y_te = _split(x.numpy(), y.numpy(), test_fraction, seed, stratify=False)
+    return tuple(torch.from_numpy(np.ascontiguousarray(a)) for a in (x_tr, y_tr, x_te, y_te))
+
+
+def as_federated(obj: object, *, name: str = "user", test_fraction: float = 0.2, seed: int = 0) -> FederatedData:
+    """A user's data as :class:`FederatedData`.
+
+    ``obj`` is ``(X, y)`` (tensors or arrays), a ``Dataset`` of ``(x, y)`` pairs, or
+    ``(train, test)`` of those; a single set is split with ``test_fraction`` and
+    ``seed``. Integer labels make a classification task (classes ``0..max``),
+    floating-point targets a regression."""
+    if isinstance(obj, FederatedData):
+        return obj
+    x_tr, y_tr, x_te, y_te = _user_split(obj, name, test_fraction, seed)
+    if tuple(x_tr.shape[1:]) != tuple(x_te.shape[1:]):
+        raise ConfigValueError("dataset", name, f"train inputs {tuple(x_tr.shape[1:])} and test inputs {tuple(x_te.shape[1:])} differ")
+    if y_tr.dtype.is_floating_point:
+        y_tr, y_te = (y.float().reshape(len(y), -1) for y in (y_tr, y_te))
+        classes, task = 0, "regression"
+    else:
+        y_tr, y_te = (y.long().reshape(-1) for y in (y_tr, y_te))
+        if min(int(y_tr.min()), int(y_te.min()) if len(y_te) else 0) < 0:
+            raise ConfigValueError("dataset", name, "class labels must be integers >= 0")
+        classes, task = int(max(int(y_tr.max()), int(y_te.max()) if len(y_te) else 0)) + 1, "classification"
+    return FederatedData(name, x_tr.float(), y_tr, x_te.float(), y_te, tuple(x_tr.shape[1:]), classes, task)
 
 
 # ----------------------------------------------------------------- partitioners
@@ -243,3 +331,22 @@ def summarize(parts: list[np.ndarray], labels: np.ndarray | torch.Tensor, num_cl
             row["labels"] = np.bincount(labels[idx], minlength=num_classes).tolist()
         out.append(row)
     return out
+
+
+def minibatches(n: int, batch_size: int, *, epochs: float, steps: int | None, key: str) -> list[torch.Tensor]:
+    """The index batches of one round of plain local training: shuffled passes over
+    ``n`` examples in batches of ``batch_size``; exactly ``steps`` batches when given
+    (continuing into further passes), else ``round(epochs * batches_per_pass)`` (at
+    least one). ``key`` seeds the shuffle through SHA-256 (reproducible, not secret)."""
+    import hashlib
+    import math
+
+    digest = hashlib.sha256(key.encode()).digest()
+    gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
+    bs = min(batch_size, n)
+    total = steps if steps is not None else max(1, round(epochs * math.ceil(n / bs)))
+    batches: list[torch.Tensor] = []
+    while len(batches) < total:
+        perm = torch.randperm(n, generator=gen)
+        batches.extend(perm[i : i + bs] for i in range(0, n, bs))
+    return batches[:total]

@@ -94,7 +94,10 @@ def test_must_show_plain_accuracy(seed):
 @pytest.mark.slow
 def test_must_show_dp_sample_accuracy():
     """Demo settings over seeds 0-2. The DP noise is fresh on every run: over ten seeds
-    we measured a mean of 0.885 (min 0.872), so the check is on the mean of three."""
+    we measured a mean of 0.885 (min 0.872), and the DP defaults (the same recipe with an
+    EMA) 0.889 with a standard deviation of 0.014 across runs. The mean of three then
+    varies by about 0.008, so the check sits three of those below the measured mean, and
+    a single run four standard deviations below it: an unlucky draw does not fail it."""
     from securefl.cli import DEMO_SETTINGS
 
     accs = []
@@ -102,4 +105,4 @@ def test_must_show_dp_sample_accuracy():
         m = Simulation(RunConfig.from_flat({**DEMO_SETTINGS, "seed": seed})).run().metrics
         assert all(c["epsilon"] <= 3.0 for c in m["final"]["clients"].values())
         accs.append(m["final"]["accuracy"])
-    assert sum(accs) / 3 >= 0.87 and min(accs) >= 0.84
+    assert sum(accs) / 3 >= 0.86 and min(accs) >= 0.83

@@ -1,7 +1,8 @@
 """``securefl attack bench --suite NAME``: run one benchmark suite over several seeds.
 
 A suite is a function ``run_suite(*, seeds, out, progress, quick) -> dict`` in the
-``bench`` module of its attack family, registered in :data:`SUITES` by dotted path
+``bench`` module of its attack family (one that also takes ``model`` and ``dataset``
+runs on a user's ``--model`` / ``--dataset``, ``MODULE:CALLABLE``), registered in :data:`SUITES` by dotted path
 (imported only when chosen). Each suite writes its own CSV, JSON, Markdown table and plots under
 ``out`` and returns the JSON it wrote.
 """
@@ -10,10 +11,12 @@ from __future__ import annotations
 
 import argparse
 import importlib
+import inspect
 import json
 from pathlib import Path
 
 from securefl.exceptions import ConfigValueError
+from securefl.userspec import check_spec, is_user_spec
 
 #: suite name -> "module:function"
 SUITES: dict[str, str] = {
@@ -29,9 +32,14 @@ def run(ns: argparse.Namespace) -> int:
     if ns.seeds < 1:
         raise ConfigValueError("seeds", ns.seeds, "must be >= 1")
     module, func = SUITES[ns.suite].split(":")
-    result = getattr(importlib.import_module(module), func)(
-        seeds=ns.seeds, out=Path(ns.out), progress=not ns.no_progress, quick=ns.quick
-    )
+    suite = getattr(importlib.import_module(module), func)
+    user = {k: getattr(ns, k) for k in ("model", "dataset", "setting") if getattr(ns, k, None) is not None}
+    for key, value in user.items():
+        if key not in inspect.signature(suite).parameters:
+            raise ConfigValueError(key, value, f"suite {ns.suite!r} runs its own {key} only")
+        if key != "setting" and is_user_spec(value):
+            check_spec(key, value)
+    result = suite(seeds=ns.seeds, out=Path(ns.out), progress=not ns.no_progress, quick=ns.quick, **user)
     print(json.dumps(result.get("summary", result), indent=2, default=str))
     return 0
 
@@ -42,5 +50,9 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--seeds", type=int, default=3, help="seeds per cell (3)")
     p.add_argument("--out", type=Path, default=Path("runs/bench"), help="output folder (runs/bench)")
     p.add_argument("--quick", action="store_true", help="a reduced grid (for smoke tests)")
+    p.add_argument("--model", default=None, help="your own model factory as MODULE:CALLABLE, in place of the suite's")
+    p.add_argument("--dataset", default=None, help="your own dataset as MODULE:CALLABLE, in place of the suite's")
+    p.add_argument("--setting", default=None,
+                   help="poisoning: default | literature (ReLU MLP, worker momentum 0.9, one step per round) (default)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
     p.set_defaults(handler=run)

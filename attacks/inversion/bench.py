@@ -33,6 +33,7 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -40,9 +41,9 @@ import torch
 
 from attacks.common.report import markdown_table, write_csv, write_json
 from attacks.inversion.attacks import AttackConfig
-from attacks.inversion.cases import CaseConfig
+from attacks.inversion.cases import CaseConfig, analytic_applies
 from attacks.inversion.run import evaluate, plot_grid
-from securefl.data import load_digits
+from securefl.data import load_dataset
 
 METHODS = ("dlg", "idlg", "ig", "analytic")
 CLIP = 0.1  #: below every per-example gradient norm seen at initialisation, so the clip always binds
@@ -367,14 +368,16 @@ def _markdown(rows: list[dict[str, Any]], summary: dict[str, Any], *, seeds: int
     return "\n".join(md) + "\n"
 
 
-def run_suite(*, seeds: int, out: Path, progress: bool, quick: bool) -> dict[str, Any]:
-    """Run the grid over ``seeds`` seeds (the images of a cell are split across them)."""
+def run_suite(*, seeds: int, out: Path, progress: bool, quick: bool, model: str | None = None, dataset: str | None = None) -> dict[str, Any]:
+    """Run the grid over ``seeds`` seeds (the images of a cell are split across them); ``model`` and
+    ``dataset`` (names or ``MODULE:CALLABLE``) replace the MLP and digits (analytic cells if it applies)."""
     from tqdm import tqdm
 
     out = Path(out)
     (out / "grids").mkdir(parents=True, exist_ok=True)
-    data = load_digits(seed=0)
-    cells = _cells(quick)
+    data = load_dataset(dataset or "digits", seed=0)
+    keep = model is None or analytic_applies(model, data.input_shape, data.num_classes)
+    cells = [(c, m, replace(case, model=model or case.model), n) for c, m, case, n in _cells(quick) if keep or m != "analytic"]
     attack = AttackConfig(iterations=(100 if quick else 0), restarts=1 if quick else 2)
     rows: list[dict[str, Any]] = []
     t0 = time.perf_counter()

@@ -20,6 +20,7 @@ def run(ns: argparse.Namespace) -> int:
     from attacks.inversion.cases import CaseConfig
     from attacks.inversion.attacks import AttackConfig, METHODS
     from attacks.inversion.run import evaluate, plot_grid
+    from securefl.data import load_dataset
     from securefl.exceptions import ConfigValueError
 
     if ns.method not in METHODS:
@@ -33,15 +34,21 @@ def run(ns: argparse.Namespace) -> int:
         clip=ns.clip,
         protect=ns.protect,
         clients=ns.clients,
+        model=ns.model,
         hidden=ns.hidden,
     )
     attack = AttackConfig(iterations=ns.iterations, restarts=ns.restarts, seed=ns.seed)
     if ns.images < 1:
         raise ConfigValueError("images", ns.images, "must be >= 1")
+    data = load_dataset(ns.dataset, seed=0)
+    if data.task != "classification" or data.x_train.dim() != 4:
+        raise ConfigValueError(
+            "dataset", ns.dataset, f"attack invert reconstructs labelled images (C, H, W); got inputs {data.input_shape} ({data.task})"
+        )
     trials = -(-ns.images // case.batch_size)
     bar = tqdm(total=trials, unit="round", disable=ns.no_progress, file=sys.stderr, dynamic_ncols=True)
     try:
-        result = evaluate(case, ns.method, images=ns.images, seed=ns.seed, attack=attack, on_trial=lambda t: bar.update(1))
+        result = evaluate(case, ns.method, images=ns.images, seed=ns.seed, attack=attack, data=data, on_trial=lambda t: bar.update(1))
     finally:
         bar.close()
     out: Path = ns.out
@@ -74,6 +81,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--clip", type=float, default=1.0, help="per-example L2 clip with --dp sample (1.0)")
     p.add_argument("--protect", default="none", help="none | ckks | secagg: what the server reads (none)")
     p.add_argument("--clients", type=int, default=10, help="clients in the round aggregated under ckks/secagg (10)")
+    p.add_argument("--dataset", default="digits", help="digits, or your own as MODULE:CALLABLE returning image tensors (X, y) (digits)")
+    p.add_argument("--model", default="mlp", help="mlp | cnn | logreg, or your own factory as MODULE:CALLABLE (mlp)")
     p.add_argument("--hidden", type=int, default=64, help="hidden units of the MLP (64)")
     p.add_argument("--images", type=int, default=20, help="target images to attack (20)")
     p.add_argument("--iterations", type=int, default=0, help="optimiser iterations; 0 = the method's default")

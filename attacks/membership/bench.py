@@ -18,7 +18,7 @@ from attacks.common import report
 from attacks.membership.cases import MembershipConfig
 from attacks.membership.run import run
 from securefl._io import atomic_write_json
-from securefl.data import load_digits
+from securefl.data import load_dataset, load_digits
 
 RECIPE: dict[str, Any] = {"members": 100, "epochs": 100, "batch_size": 20, "lr": 0.2, "hidden": 128, "references": 4}
 QUICK_RECIPE: dict[str, Any] = {"members": 40, "epochs": 5, "batch_size": 10, "lr": 0.2, "hidden": 32, "references": 1}
@@ -50,13 +50,16 @@ def _row(target: str, seed: int, summary: dict[str, Any]) -> dict[str, Any]:
     }
 
 
-def run_suite(*, seeds: int, out: Path, progress: bool, quick: bool) -> dict[str, Any]:
-    """Run every target over ``seeds`` seeds and write the tables under ``out``."""
+def run_suite(
+    *, seeds: int, out: Path, progress: bool, quick: bool, model: str | None = None, dataset: str | None = None
+) -> dict[str, Any]:
+    """Run every target over ``seeds`` seeds and write the tables under ``out``;
+    ``model`` and ``dataset`` (``MODULE:CALLABLE`` or built-in names) replace the MLP and digits."""
     from tqdm import tqdm
 
     out = Path(out)
-    data = load_digits(seed=0)
-    recipe = QUICK_RECIPE if quick else RECIPE
+    data = load_dataset(dataset, seed=0) if dataset else load_digits(seed=0)
+    recipe = {**(QUICK_RECIPE if quick else RECIPE), **({"model": model} if model else {})}
     targets = _targets(quick)
     rows = []
     t0 = time.perf_counter()

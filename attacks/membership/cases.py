@@ -19,7 +19,7 @@ from torch import nn
 
 from securefl.data import FederatedData
 from securefl.exceptions import ConfigTypeError, ConfigValueError
-from securefl.models import build_model
+from securefl.models import build_model, check_model
 from securefl.privacy.accounting import epsilon_under
 from securefl.privacy.dpsgd import dp_sgd_train
 from securefl.privacy.noise import SecureRNG
@@ -71,6 +71,7 @@ def train_model(
 ) -> tuple[nn.Module, float | None]:
     """Train one model with ``cfg``'s recipe; return it and its epsilon (DP only)."""
     model = build_model(cfg.model, tuple(x.shape[1:]), num_classes, hidden=cfg.hidden, seed=seed)
+    check_model(model, str(cfg.model), input_shape=tuple(x.shape[1:]), num_classes=num_classes, dp=cfg.dp)
     model.train()
     n = len(x)
     q = cfg.batch_size / n

@@ -15,13 +15,15 @@ from securefl._io import atomic_write_json
 def run(ns: argparse.Namespace) -> int:
     from attacks.membership.cases import MembershipConfig
     from attacks.membership.run import plot_roc, run as run_attack
-    from securefl.data import load_digits
+    from securefl.data import load_dataset
+    from securefl.exceptions import ConfigValueError
 
     cfg = MembershipConfig(
         members=ns.members,
         epochs=ns.epochs,
         batch_size=ns.batch_size,
         lr=ns.lr,
+        model=ns.model,
         hidden=ns.hidden,
         dp=ns.dp,
         noise_multiplier=ns.noise_multiplier,
@@ -30,7 +32,10 @@ def run(ns: argparse.Namespace) -> int:
         references=ns.references,
         seed=ns.seed,
     )
-    result = run_attack(load_digits(seed=0), cfg)
+    data = load_dataset(ns.dataset, seed=0)
+    if data.task != "classification":
+        raise ConfigValueError("dataset", ns.dataset, "membership inference scores a classifier's loss; the data has no class labels")
+    result = run_attack(data, cfg)
     out: Path = ns.out
     out.mkdir(parents=True, exist_ok=True)
     summary = result.summary()
@@ -52,6 +57,8 @@ def register(subparsers: argparse._SubParsersAction) -> None:
     p.add_argument("--epochs", type=int, default=100, help="training epochs of target and references (100)")
     p.add_argument("--batch-size", type=int, default=20, help="(expected) batch size (20)")
     p.add_argument("--lr", type=float, default=0.2, help="SGD learning rate (0.2)")
+    p.add_argument("--dataset", default="digits", help="digits | breast_cancer | synthetic, or MODULE:CALLABLE (digits)")
+    p.add_argument("--model", default="mlp", help="logreg | mlp | cnn, or your own factory as MODULE:CALLABLE (mlp)")
     p.add_argument("--hidden", type=int, default=128, help="hidden units of the MLP (128)")
     p.add_argument("--dp", default="none", help="none | sample (DP-SGD) (none)")
     p.add_argument("--noise-multiplier", type=float, default=1.0, help="DP-SGD noise multiplier (1.0)")

@@ -11,8 +11,6 @@ anywhere (:func:`securefl.build.root_reference` draws it for a run). The server 
 
 from __future__ import annotations
 
-import hashlib
-import math
 from typing import Callable
 
 import torch
@@ -20,6 +18,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from securefl.config import ClientConfig
+from securefl.data import minibatches
 from securefl.exceptions import ConfigValueError
 from securefl.models import get_flat, set_flat
 
@@ -70,14 +69,7 @@ class RootReference:
         if self.algorithm == "fedsgd":
             batches = [torch.arange(n)]
         else:
-            digest = hashlib.sha256(f"{self.seed}:root:{round_}".encode()).digest()
-            gen = torch.Generator().manual_seed(int.from_bytes(digest[:8], "little") >> 1)
-            bs = min(c.batch_size, n)
-            batches = []
-            for _ in range(math.ceil(c.local_epochs)):
-                perm = torch.randperm(n, generator=gen)
-                batches.extend(perm[i : i + bs] for i in range(0, n, bs))
-            batches = batches[: max(1, round(c.local_epochs * math.ceil(n / bs)))]
+            batches = minibatches(n, c.batch_size, epochs=c.local_epochs, steps=c.local_steps, key=f"{self.seed}:root:{round_}")
         for idx in batches:
             opt.zero_grad()
             self.loss_fn(self.model(self.x[idx]), self.y[idx]).backward()
