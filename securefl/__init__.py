@@ -21,6 +21,7 @@ from securefl.build import check as check_config
 from securefl.client import SecureClient
 from securefl.config import ClientConfig, DPConfig, DPMode, ProtectConfig, RunConfig, ServerConfig
 from securefl.crypto.secagg.common import SecAggSettings
+from securefl.defaults import config_with_dp_defaults, with_dp_defaults
 from securefl.privacy.ledger import PrivacyLedger
 from securefl.protections import (
     AggregateInput,
@@ -59,6 +60,8 @@ __all__ = [
     "__version__",
     "build_federation",
     "check_config",
+    "config_with_dp_defaults",
     "register",
     "register_settings",
+    "with_dp_defaults",
 ]

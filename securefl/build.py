@@ -17,7 +17,7 @@ runs it first; call it alone to validate without building.
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, Callable
 
@@ -33,15 +33,18 @@ from securefl.crypto.hazmat import ckks as hz
 from securefl.crypto.identity import Identity, Roster
 from securefl.crypto.replay import RoundGuard
 from securefl.crypto.secagg.common import SecAggSettings
-from securefl.data import FederatedData, load_dataset, partition
-from securefl.exceptions import ConfigValueError
-from securefl.models import build_model
+from securefl.data import FederatedData, as_federated, load_dataset, partition
+from securefl.exceptions import ConfigError, ConfigValueError
+from securefl.models import build_model, check_model, num_parameters, resolve_factory
 from securefl.privacy.calibration import noise_multiplier_for
 from securefl.privacy.ledger import PrivacyLedger
 from securefl.privacy.noise import SecureRNG
 from securefl.protections import PROTECTIONS
-from securefl.protections.ckks import DEFAULT_MAX_WEIGHT, CKKSSettings
+from securefl.protections.ckks import DEFAULT_MAX_WEIGHT, CKKSSettings, max_update_bytes
+from securefl.runtime import apply_thread_policy
 from securefl.server import SecureServer
+from securefl.transport.wire import MAX_MESSAGE
+from securefl.userspec import describe, is_user_spec
 from securefl.validators import check_choice
 
 __all__ = [
@@ -193,6 +196,54 @@ def check(config: RunConfig) -> None:
     :class:`~securefl.exceptions.ConfigError` naming the field."""
     _check_fields(config)
     protection_settings(config)
+    if is_user_spec(config.model) or is_user_spec(config.dataset):
+        check_model_fits(config, resolve_data(config))
+
+
+# ------------------------------------------------------------------ the user's model and data
+def resolve_data(config: RunConfig, data: Any = None) -> FederatedData:
+    """The run's data: ``data`` when given (a :class:`FederatedData`, or anything
+    :func:`securefl.data.as_federated` takes, split with the run's seed), else
+    ``config.dataset`` (a built-in name or a ``MODULE:CALLABLE`` spec)."""
+    if data is None:
+        return load_dataset(config.dataset, test_fraction=config.test_fraction, seed=config.seed)
+    return as_federated(data, name=describe(data), test_fraction=config.test_fraction, seed=config.seed)
+
+
+def check_model_fits(config: RunConfig, data: FederatedData, model: Callable[..., nn.Module] | None = None) -> int:
+    """Build the run's model once (``model``, a factory, or ``config.model``) and check it
+    against the data, the DP mode (:func:`securefl.models.check_model`) and, under
+    ``--protect ckks``, the preset (:func:`check_ckks_size`); returns its dimension."""
+    source = model if model is not None else config.model
+    label = resolve_factory(source)[1]
+    net = build_model(source, data.input_shape, data.num_classes, hidden=config.hidden, seed=config.seed)
+    check_model(net, label, input_shape=data.input_shape, num_classes=data.num_classes, dp=config.dp.dp)
+    dim = num_parameters(net)
+    if config.protect == "ckks":
+        check_ckks_size(config, dim)
+    return dim
+
+
+def check_ckks_size(config: RunConfig, dim: int) -> None:
+    """An encrypted update of a ``dim``-parameter model must fit one message
+    (:data:`securefl.transport.wire.MAX_MESSAGE`) under the run's CKKS preset;
+    otherwise the error names the first preset that fits (for a large model a
+    larger ring has less overhead per parameter), or secagg."""
+    if max_update_bytes(ckks_params(config), dim, config.clients) <= MAX_MESSAGE:
+        return
+    fits = []
+    for name in hz.PRESETS:
+        try:
+            params = ckks_params(replace(config, protection=replace(config.protection, ckks_preset=name)))
+        except ConfigError:
+            continue
+        if max_update_bytes(params, dim, config.clients) <= MAX_MESSAGE:
+            fits.append(name)
+    hint = f"use --ckks-preset {fits[0]}" if fits else "no CKKS preset fits a model this large; use --protect secagg"
+    raise ConfigValueError(
+        "ckks_preset", config.protection.ckks_preset,
+        f"an encrypted update of this {dim:,}-parameter model would exceed the {MAX_MESSAGE:,}-byte message limit; {hint}",
+    )
 
 
 def _check_fields(config: RunConfig) -> None:
@@ -228,6 +279,8 @@ class Federation:
     settings: Any  #: the protection's settings object
     clients: list[SecureClient]
     server: SecureServer
+    #: what ran in place of ``config.model`` / ``config.dataset`` when code was passed directly
+    sources: dict[str, str] = field(default_factory=dict)
 
 
 def root_reference(
@@ -257,52 +310,64 @@ def noise_rng(config: RunConfig, context: str) -> SecureRNG:
     return SecureRNG.from_seed(config.seed, context) if config.dp.reproducible_noise else SecureRNG()
 
 
-def _ledger(config: RunConfig, out_dir: Path | None) -> PrivacyLedger:
-    """A new run's ledger (on disk as ``out_dir/ledger.json`` when there is one)."""
+def _ledger(config: RunConfig, out_dir: Path | None, resume: bool = False) -> PrivacyLedger:
+    """A new run's ledger (on disk as ``out_dir/ledger.json`` when there is one); a
+    resumed run keeps its ledger, whose hash chain binds delta, budget and accountant."""
     path = out_dir / "ledger.json" if out_dir is not None else None
-    if path is not None and path.exists():
+    if path is not None and path.exists() and not resume:
         path.unlink()  # a new run starts a new ledger
     ledger = PrivacyLedger(path, delta=config.dp.delta, budget=config.dp.epsilon, accountant=config.dp.accountant)
     ledger.save()
     return ledger
 
 
-def _guard(client_id: str, out_dir: Path | None) -> RoundGuard:
+def _guard(client_id: str, out_dir: Path | None, resume: bool = False) -> RoundGuard:
     """The client's round memory: on disk under ``out_dir/state`` when there is one.
     A new run is a new federation (fresh identities, a new ledger), so it starts
-    with fresh round memories, as it starts with a fresh ledger."""
+    with fresh round memories, as it starts with a fresh ledger; a resumed run keeps
+    them, so that no client answers a round number twice."""
     if out_dir is None:
         return RoundGuard()
     path = out_dir / "state" / f"{client_id}.rounds.json"
     path.parent.mkdir(parents=True, exist_ok=True)
-    if path.exists():
+    if path.exists() and not resume:
         path.unlink()
     return RoundGuard(path)
 
 
-def build(config: RunConfig, *, data: FederatedData | None = None, out_dir: str | Path | None = None) -> Federation:
+def build(
+    config: RunConfig, *, data: Any = None, model: Callable[..., nn.Module] | None = None,
+    out_dir: str | Path | None = None, resume: bool = False,
+) -> Federation:
     """Turn ``config`` into a federation ready to run (see the module docstring).
 
-    ``data`` replaces the named embedded dataset; ``out_dir`` holds the ledger and
-    the clients' round memories (in memory only when None)."""
+    ``data`` replaces the named dataset (see :func:`resolve_data`) and ``model``, a
+    factory (see :func:`securefl.models.build_model`), the named model; both are
+    checked (:func:`check_model_fits`) before anything is written. ``out_dir`` holds
+    the ledger and the clients' round memories (in memory only when None); ``resume``
+    keeps both as they are on disk instead of starting new ones. Applies the thread
+    policy (:func:`securefl.runtime.apply_thread_policy`)."""
     _check_fields(config)
+    apply_thread_policy()
     c = config
     out = Path(out_dir) if out_dir is not None else None
-    data = data or load_dataset(c.dataset, test_fraction=c.test_fraction, seed=c.seed)
+    sources = {k: describe(v) for k, v in (("dataset", data), ("model", model)) if v is not None and not isinstance(v, FederatedData)}
+    data = resolve_data(c, data)
+    check_model_fits(c, data, model)
     parts = partition(
         data.y_train, c.clients, method=c.partition, seed=c.seed, alpha=c.alpha, shards_per_client=c.shards_per_client
     )
     ids = [f"client-{k}" for k in range(len(parts))]
     noise = noise_plan(c, {cid: len(idx) for cid, idx in zip(ids, parts)})
     settings = protection_settings(c, noise)
-    ledger = _ledger(c, out)
+    ledger = _ledger(c, out, resume)
     identities = [Identity.generate(cid) for cid in ids]
     # the operator hands every client the roster out of band (never through the server)
     roster = Roster.of(identities)
-    guards = [_guard(cid, out) for cid in ids]
+    guards = [_guard(cid, out, resume) for cid in ids]
 
     def model_fn() -> nn.Module:
-        return build_model(c.model, data.input_shape, data.num_classes, hidden=c.hidden, seed=c.seed)
+        return build_model(model if model is not None else c.model, data.input_shape, data.num_classes, hidden=c.hidden, seed=c.seed)
 
     spec = PROTECTIONS[c.protect]
     clients = [
@@ -320,4 +385,4 @@ def build(config: RunConfig, *, data: FederatedData | None = None, out_dir: str 
         eval_data=(data.x_test, data.y_test), rng=noise_rng(c, "server"), noise_multiplier=noise.client_level,
         reference=root_reference(c, data.x_train, data.y_train, model_fn, data.task),
     )
-    return Federation(c, data, parts, ledger, identities, roster, guards, noise, settings, clients, server)
+    return Federation(c, data, parts, ledger, identities, roster, guards, noise, settings, clients, server, sources)

@@ -27,6 +27,8 @@ from typing import Any, Callable, Sequence
 from securefl.exceptions import ConfigError, ConfigValueError, SecureFLError
 
 EXIT_USAGE = 2
+#: the shell's status for a command ended by SIGINT (128 + 2)
+EXIT_INTERRUPTED = 130
 
 #: the tuned DP-SGD job `securefl demo` runs (see README, "Choosing DP-SGD settings")
 DEMO_SETTINGS: dict[str, Any] = {
@@ -110,6 +112,10 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True, parser_class=_Parser)
     train = sub.add_parser("train", help="run one federated training job")
     add_train_flags(train)
+    train.add_argument(
+        "--resume", type=Path, default=None, metavar="DIR",
+        help="continue the killed or interrupted run in DIR from its last completed round, with its settings",
+    )
     train.set_defaults(handler=cmd_train)
     demo = sub.add_parser("demo", help="the main job on the embedded digits data")
     demo.add_argument("--out", type=Path, default=Path("securefl-demo"))
@@ -144,15 +150,21 @@ def _load_toml(path: Path) -> dict[str, Any]:
 
 
 def config_from_args(ns: argparse.Namespace, extra_skip: Sequence[str] = ()):
-    """Defaults < TOML file < explicit flags. ``extra_skip`` names flags of a
-    plug-in command that are not run settings."""
+    """Defaults < DP defaults (:mod:`securefl.defaults`, announced on stderr) < TOML
+    file < explicit flags. ``extra_skip`` names flags of a plug-in command that are
+    not run settings."""
     from securefl.config import RunConfig
+    from securefl.defaults import describe, with_dp_defaults
 
-    skip = {"command", "subcommand", "handler", "config", "out", "no_progress", "overwrite", *extra_skip}
+    skip = {"command", "subcommand", "handler", "config", "out", "no_progress", "overwrite", "resume", *extra_skip}
     values: dict[str, Any] = {}
     if getattr(ns, "config", None) is not None:
         values.update(_load_toml(ns.config))
     values.update({k: v for k, v in vars(ns).items() if k not in skip})
+    RunConfig.from_flat(values)  # a bad setting is reported before any default is worked out
+    values, chosen = with_dp_defaults(values)
+    if chosen:
+        sys.stderr.write(f"securefl: {describe(str(values['dp']), chosen)}\n")
     config = RunConfig.from_flat(values)
     _check_dp_flags(config, values)
     return config
@@ -180,7 +192,7 @@ def check_out(out: Path, overwrite: bool) -> None:
         raise ConfigValueError(
             "out",
             str(out),
-            "already holds a run (ledger.json); pass --overwrite to replace it (--resume is not available yet)",
+            f"already holds a run (ledger.json); continue it with --resume {out} or replace it with --overwrite",
         )
     probe = out
     while not probe.exists():
@@ -210,12 +222,16 @@ def _progress(total: int, disable: bool):
     return tqdm(total=total, unit="round", disable=disable, file=sys.stderr, dynamic_ncols=True)
 
 
-def run_training(config, out: Path, no_progress: bool, overwrite: bool = False) -> dict[str, Any]:
-    """Run one job with a progress bar; return its metrics (also written under ``out``)."""
+def run_training(
+    config, out: Path, no_progress: bool, overwrite: bool = False, resume: bool = False
+) -> dict[str, Any]:
+    """Run one job with a progress bar; return its metrics (also written under ``out``).
+    ``resume`` continues the run in ``out`` (``config`` is then ignored)."""
     from securefl.simulation import Simulation
 
-    sim = Simulation(config, out_dir=out, overwrite=overwrite)
-    bar = _progress(config.server.rounds, no_progress)
+    sim = Simulation.resume(out) if resume else Simulation(config, out_dir=out, overwrite=overwrite)
+    bar = _progress(sim.config.server.rounds, no_progress)
+    bar.update(sim.completed)
 
     def on_round(res) -> None:
         post = {"acc": f"{res.accuracy:.3f}" if res.accuracy is not None else f"loss {res.loss:.4f}"}
@@ -227,9 +243,21 @@ def run_training(config, out: Path, no_progress: bool, overwrite: bool = False) 
 
     try:
         result = sim.run(on_round=on_round)
+    except KeyboardInterrupt:
+        raise Interrupted(sim.completed, sim.config.server.rounds, out) from None
     finally:
         bar.close()
     return result.metrics
+
+
+class Interrupted(Exception):
+    """Ctrl-C during a run: the rounds completed so far and the ledger are on disk."""
+
+    def __init__(self, completed: int, rounds: int, out: Path) -> None:
+        super().__init__(
+            f"interrupted after {completed} of {rounds} rounds; the ledger and a checkpoint are in {out} "
+            f"(continue with: securefl train --resume {out})"
+        )
 
 
 def _summary_line(m: dict[str, Any], out: Path) -> str:
@@ -243,17 +271,34 @@ class RunFailed(SecureFLError):
     """A run finished without a usable model (its rounds aborted)."""
 
 
+def _resume_conflicts(ns: argparse.Namespace) -> None:
+    """``--resume DIR`` takes every setting from the run in DIR: a run flag beside it is an error."""
+    fixed = {"command", "handler", "resume", "out", "no_progress", "overwrite", "config"}
+    given = [k for k in ("overwrite", "config") if getattr(ns, k)] + sorted(k for k in vars(ns) if k not in fixed)
+    if given:
+        flag = _flag(given[0]) if given[0] != "config" else "--config"
+        raise ConfigValueError(
+            given[0], getattr(ns, given[0]), f"--resume takes the settings of the run in {ns.resume}; drop {flag}"
+        )
+
+
 def cmd_train(ns: argparse.Namespace) -> int:
     from securefl.build import check
 
-    config = config_from_args(ns)
-    check(config)  # cross-component checks, before anything is written
-    check_out(ns.out, ns.overwrite)
-    metrics = run_training(config, ns.out, ns.no_progress, overwrite=ns.overwrite)
+    if ns.resume is not None:
+        _resume_conflicts(ns)
+        metrics = run_training(None, ns.resume, ns.no_progress, resume=True)
+        out = ns.resume
+    else:
+        config = config_from_args(ns)
+        check(config)  # cross-component checks, before anything is written
+        check_out(ns.out, ns.overwrite)
+        metrics = run_training(config, ns.out, ns.no_progress, overwrite=ns.overwrite)
+        out = ns.out
     failed = check_outcome(metrics)
     if failed:
         raise RunFailed(failed)
-    print(_summary_line(metrics, ns.out))
+    print(_summary_line(metrics, out))
     return 0
 
 
@@ -285,21 +330,24 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     ns = parser.parse_args(argv)
     prog = " ".join(["securefl", ns.command, *([ns.subcommand] if getattr(ns, "subcommand", None) else [])])
-    if "OMP_NUM_THREADS" not in os.environ:
-        import torch
-
-        # the command owns its process; the reference models are so small that a
-        # second intra-op thread costs more than it brings (set OMP_NUM_THREADS to override)
-        torch.set_num_threads(1)
     try:
+        from securefl.runtime import apply_thread_policy
+
+        apply_thread_policy()  # one thread unless SECUREFL_THREADS / OMP_NUM_THREADS say otherwise
         return ns.handler(ns)
     except ConfigError as exc:
-        flag = _flag(exc.field) if exc.field != "config" else "--config"
+        flag = exc.field if exc.field.isupper() else (_flag(exc.field) if exc.field != "config" else "--config")
         sys.stderr.write(f"{prog}: error: {flag}: {exc.reason} (got {exc.value!r})\n")
         return EXIT_USAGE
     except SecureFLError as exc:
         sys.stderr.write(f"{prog}: error: {exc}\n")
         return 1
+    except Interrupted as exc:
+        sys.stderr.write(f"{prog}: {exc}\n")
+        return EXIT_INTERRUPTED
+    except KeyboardInterrupt:
+        sys.stderr.write(f"{prog}: interrupted\n")
+        return EXIT_INTERRUPTED
     except ModuleNotFoundError as exc:
         if not (exc.name or "").startswith("dp_accounting"):
             raise

@@ -23,7 +23,13 @@ from securefl.aggregation import SUM_COMPATIBLE, make_aggregator
 from securefl.aggregation.dp import DPFedAvg
 from securefl.aggregation.strategy import PlainAggregation, RoundAggregation
 from securefl.config import DPConfig, DPMode, ServerConfig
-from securefl.exceptions import AggregationError, ConfigValueError, ProtocolError, WireFormatError
+from securefl.exceptions import (
+    AggregationError,
+    BudgetExhaustedError,
+    ConfigValueError,
+    ProtocolError,
+    WireFormatError,
+)
 from securefl.models import get_flat, set_flat
 from securefl.privacy.calibration import noise_multiplier_for
 from securefl.privacy.client_dp import AdaptiveClipper
@@ -136,6 +142,13 @@ class SecureServer:
             (:mod:`securefl.build` does); otherwise it is solved here by the same
             function, :func:`securefl.privacy.calibration.noise_multiplier_for`.
     """
+
+    #: the round's traffic; a networked transport substitutes a subclass that delivers
+    #: each stage's messages concurrently (:meth:`Exchange.send_many`)
+    exchange_type: Callable[..., Exchange] = Exchange
+    #: sample-level DP with ledgers on the clients' machines: ``() -> (epsilon,
+    #: epsilon_rdp)`` from the spend the clients report (None: read ``ledger``)
+    spend_report: Callable[[], tuple[float | None, float | None]] | None = None
 
     def __init__(
         self,
@@ -261,7 +274,7 @@ class SecureServer:
         setup_up, setup_down = self._setup(clients)
         chosen = [clients[i] for i in self.sample()]
         down = self.global_message(round_)
-        exchange = Exchange(round_, self.draw_dropouts(chosen))
+        exchange = self.exchange_type(round_, self.draw_dropouts(chosen))
         dim = int(self.weights.numel())
         clip_used = self.aggregation.clip
         epsilon = epsilon_rdp = aborted = agg = None
@@ -273,8 +286,9 @@ class SecureServer:
             update = self.aggregation.aggregate(agg, dim, lambda: self._aggregation_context(round_))
             if update is not None:
                 self._apply(update)
-        except (AggregationError, WireFormatError, ProtocolError) as exc:
-            # nothing from a round that fails validation reaches the global model
+        except (AggregationError, WireFormatError, ProtocolError, BudgetExhaustedError) as exc:
+            # nothing from a round that fails validation (or that the budget no
+            # longer covers) reaches the global model
             aborted = f"{type(exc).__name__}: {exc}"
         if self.dp.mode is DPMode.SAMPLE:
             # clients report no epsilon (it is a function of their data): read the ledger
@@ -301,7 +315,7 @@ class SecureServer:
         """The protection's one-off set-up before the first round; its bytes (up, down)."""
         if self._set_up:
             return 0, 0
-        setup = Exchange(0)
+        setup = self.exchange_type(0)
         self.protection.setup(clients, setup)
         self._set_up = True
         return setup.bytes_up, setup.bytes_down
@@ -318,7 +332,10 @@ class SecureServer:
 
     def _sample_epsilon(self) -> tuple[float | None, float | None]:
         """Sample-level DP: the largest client spend recorded in this server's ledger
-        (the shared ledger in a simulation; None if it holds no client entries)."""
+        (the shared ledger in a simulation; None if it holds no client entries), or,
+        where the ledgers stay on the clients' machines, what ``spend_report`` returns."""
+        if self.spend_report is not None:
+            return self.spend_report()
         spent = [self.ledger.spent(s) for s in self.ledger.subjects() if s != FEDERATION]
         if not spent:
             return None, None

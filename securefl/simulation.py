@@ -10,6 +10,9 @@ metrics.json holds what the server may publish (:meth:`SecureServer.release`): u
 ``dp="client"`` nothing from which the exact number of participants follows. The
 unredacted per-round results stay in memory (``RunResult.results``) for experiments.
 Each client keeps its round memory in ``out_dir/state/<client>.rounds.json``.
+
+After every completed round the run is checkpointed (:mod:`securefl.checkpoint`);
+:meth:`Simulation.resume` continues a killed run from its last completed round.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ from typing import Any, Callable
 
 import numpy as np
 
+from securefl import checkpoint
 from securefl._io import atomic_write_json
 from securefl.build import build
 from securefl.client import SecureClient
@@ -47,21 +51,36 @@ class Simulation:
 
     ``overwrite=False`` refuses an ``out_dir`` that already holds a run's ledger
     (the ``securefl`` command always passes it, unless ``--overwrite``); the
-    default replaces the previous run's outputs, as it always has for API callers."""
+    default replaces the previous run's outputs, as it always has for API callers.
+    ``model`` (a factory returning an ``nn.Module``) and ``data`` (``(X, y)``, a torch
+    ``Dataset``, ``(train, test)`` of those, or :class:`FederatedData`) replace
+    ``config.model`` and ``config.dataset`` (see :func:`securefl.build.build`)."""
 
     def __init__(
         self,
         config: RunConfig,
         *,
         out_dir: str | Path | None = None,
-        data: FederatedData | None = None,
+        data: FederatedData | Any = None,
         overwrite: bool = True,
+        resume: bool = False,
+        model: Callable[..., Any] | None = None,
     ) -> None:
         self.config = config
         self.out_dir = Path(out_dir) if out_dir is not None else None
-        if self.out_dir is not None:
+        fresh = self.out_dir is not None and not resume
+        if fresh:
+            assert self.out_dir is not None
             prepare_out_dir(self.out_dir, overwrite=overwrite)
-        fed = build(config, data=data, out_dir=self.out_dir)
+            existed = self.out_dir.exists()
+            self.out_dir.mkdir(parents=True, exist_ok=True)
+            checkpoint.write_run_file(self.out_dir, config.to_flat())  # before the ledger exists
+        try:
+            fed = build(config, data=data, model=model, out_dir=self.out_dir, resume=resume)
+        except BaseException:
+            if fresh:  # a run that never started leaves nothing behind
+                _abandon(self.out_dir, remove_dir=not existed)
+            raise
         self.federation = fed
         self.data, self.parts, self.ledger = fed.data, fed.parts, fed.ledger
         self.identities, self.roster, self.guards = fed.identities, fed.roster, fed.guards
@@ -69,17 +88,59 @@ class Simulation:
         self.summary = summarize(self.parts, self.data.y_train, self.data.num_classes)
         self.rounds: list[dict[str, Any]] = []
         self.results: list[RoundResult] = []
+        #: rounds completed, the protocol round number last used, seconds run before a resume
+        self.completed, self.protocol_round, self._seconds_before = 0, 0, 0.0
+
+    @classmethod
+    def resume(cls, out_dir: str | Path, *, data: FederatedData | None = None) -> "Simulation":
+        """Continue the run in ``out_dir`` from its last completed round, with its
+        settings (``run.json``), ledger, round memories and checkpoint.
+
+        Rounds keep their numbers in metrics.json; the protocol runs the remaining
+        ones under round numbers above every one a client or the ledger has seen
+        (``protocol_round`` in their rows), so no client answers a round twice. A
+        spend recorded in a round the kill interrupted stays in the ledger: a client's
+        update may have left, so the redone round is charged again (under
+        ``dp="client"`` with central noise the unreleased aggregate cost nothing,
+        and its charge covers the redone round). A resumed run's epsilon is
+        therefore never below an uninterrupted one's."""
+        from securefl.config import RunConfig
+
+        out = Path(out_dir)
+        config = RunConfig.from_flat(checkpoint.read_run_file(out))
+        sim = cls(config, out_dir=out, data=data, resume=True)
+        sim._restore(checkpoint.load(out))
+        return sim
+
+    def _restore(self, ckpt: checkpoint.Checkpoint | None) -> None:
+        last = 0
+        if ckpt is not None:
+            checkpoint.load_server_state(self.server, ckpt.server)
+            checkpoint.load_client_states(self.clients, ckpt.clients)
+            self.rounds, self.completed, self._seconds_before = list(ckpt.rows), ckpt.completed, ckpt.seconds
+            last = ckpt.protocol_round
+        seen = [g.highest() or 0 for g in self.guards] + [int(e["round"]) for e in self.ledger.entries]
+        self.protocol_round = max([last, *seen])
+        unreleased = [e for e in self.ledger.entries if e["subject"] == FEDERATION and int(e["round"]) > last]
+        prepay = getattr(self.server.aggregation, "prepay", None)
+        if unreleased and prepay is not None:
+            prepay(unreleased)
 
     # ------------------------------------------------------------------ run
     def run(self, *, on_round: Callable[[RoundResult], None] | None = None) -> RunResult:
         c = self.config
-        start = time.perf_counter()
-        for r in range(1, c.server.rounds + 1):
-            res = self.server.run_round(r, self.clients)
+        start = time.perf_counter() - self._seconds_before
+        for k in range(self.completed + 1, c.server.rounds + 1):
+            self.protocol_round += 1
+            res = self.server.run_round(self.protocol_round, self.clients)
             self.results.append(res)
-            self.rounds.append(self.server.release(res))
+            row = self.server.release(res)
+            if self.protocol_round != k:
+                row = {**row, "round": k, "protocol_round": self.protocol_round}
+            self.rounds.append(row)
+            self.completed = k
             if self.out_dir is not None:
-                atomic_write_json(self.out_dir / "metrics.json", self.metrics(time.perf_counter() - start))
+                self._checkpoint(time.perf_counter() - start)
             if on_round is not None:
                 on_round(res)
         metrics = self.metrics(time.perf_counter() - start)
@@ -87,6 +148,16 @@ class Simulation:
             atomic_write_json(self.out_dir / "metrics.json", metrics)
             plot_run(metrics, self.out_dir / "accuracy.png")
         return RunResult(metrics, self.server, self.clients, self.ledger, list(self.results))
+
+    def _checkpoint(self, seconds: float) -> None:
+        """The state after a completed round, then the metrics that publish it."""
+        assert self.out_dir is not None
+        state = checkpoint.Checkpoint(
+            self.completed, self.protocol_round, float(seconds), checkpoint.server_state(self.server),
+            checkpoint.client_states(self.clients), self.rounds,
+        )
+        checkpoint.save(self.out_dir, state)
+        atomic_write_json(self.out_dir / "metrics.json", self.metrics(seconds))
 
     def metrics(self, seconds: float) -> dict[str, Any]:
         c = self.config
@@ -124,7 +195,7 @@ class Simulation:
         if mode is DPMode.CLIENT:
             partition = None  # per-client sizes and label histograms are the clients' data
             final["withheld"].append({"field": "partition", "reason": "statistics of the clients' private data"})
-        return {"config": c.to_flat(), "rounds": self.rounds, "final": final, "partition": partition}
+        return {"config": {**c.to_flat(), **self.federation.sources}, "rounds": self.rounds, "final": final, "partition": partition}
 
     def _totals(self, seconds: float) -> dict[str, Any]:
         """Run totals; under ``dp="client"`` the count-dependent ones are withheld (null)."""
@@ -143,7 +214,7 @@ class Simulation:
 
 
 #: what a run writes into its output folder (``state/`` holds the round memories)
-RUN_OUTPUTS = ("ledger.json", "metrics.json", "accuracy.png")
+RUN_OUTPUTS = ("ledger.json", "metrics.json", "accuracy.png", checkpoint.CHECKPOINT, checkpoint.RUN_FILE)
 
 
 def prepare_out_dir(out_dir: Path, *, overwrite: bool = False) -> None:
@@ -154,6 +225,7 @@ def prepare_out_dir(out_dir: Path, *, overwrite: bool = False) -> None:
     if out_dir.exists() and not out_dir.is_dir():
         raise ConfigValueError("out_dir", str(out_dir), "is a file, not a directory")
     if not (out_dir / "ledger.json").exists():
+        checkpoint.remove(out_dir)  # never resume into a stale checkpoint
         return
     if not overwrite:
         raise ConfigValueError(
@@ -165,6 +237,20 @@ def prepare_out_dir(out_dir: Path, *, overwrite: bool = False) -> None:
     if state.is_dir():
         for f in state.glob("*.rounds.json"):
             f.unlink()
+
+
+def _abandon(out_dir: Path, *, remove_dir: bool) -> None:
+    """Remove what a run that failed before its first round wrote."""
+    for name in RUN_OUTPUTS:
+        (out_dir / name).unlink(missing_ok=True)
+    state = out_dir / "state"
+    if state.is_dir():
+        for f in state.glob("*.rounds.json"):
+            f.unlink()
+        if not any(state.iterdir()):
+            state.rmdir()
+    if remove_dir and not any(out_dir.iterdir()):
+        out_dir.rmdir()
 
 
 def plot_run(metrics: dict[str, Any], path: str | Path) -> None:

@@ -25,6 +25,7 @@ from securefl.cli import main
         (["--dataset", "mnist"], "--dataset", "mnist"),
         (["--protect", "rot13"], "--protect", "rot13"),
         (["--dp", "sample"], "--epsilon", "None"),
+        (["--lr", "1e300"], "--lr", "1e+300"),
     ],
 )
 def test_usage_errors_exit_2_with_one_line(args, flag, value, capsys, tmp_path):

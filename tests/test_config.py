@@ -576,3 +576,29 @@ def test_flatten_sections_rejects_unknown_section_and_misplaced_key():
     assert "epsilon" in msg and "[dp]" in msg and "[server]" in msg
     with pytest.raises(ConfigValueError):
         RunConfig.flatten_sections({"server": {"nested": {"rounds": 3}}})
+
+
+# ---------------------------------------------------------------- stateful clients
+@pytest.mark.parametrize(
+    "flat, field",
+    [
+        ({"client_momentum": 0.9, "optimizer": "adam"}, "client_momentum"),
+        ({"client_momentum": 0.9, "momentum": 0.5}, "client_momentum"),
+        ({"client_momentum": 1.0}, "client_momentum"),
+        ({"local_steps": 0}, "local_steps"),
+        ({"local_steps": 3, "local_epochs": 1.0}, "local_steps"),
+        ({"local_steps": 3, "algorithm": "fedsgd"}, "local_steps"),
+        # worker momentum would carry DP-FedAvg's hidden client sampling from round to round
+        ({"client_momentum": 0.9, "dp": "client", "epsilon": 3.0, "sampling": "poisson", "fraction": 0.5}, "client_momentum"),
+    ],
+)
+def test_stateful_client_settings_refused_with_the_field(flat, field):
+    with pytest.raises(ConfigValueError) as err:
+        RunConfig.from_flat(flat)
+    assert err.value.field == field
+
+
+def test_stateful_client_settings_accepted_where_sound():
+    c = RunConfig.from_flat({"client_momentum": 0.9, "local_steps": 1, "dp": "client", "epsilon": 3.0})
+    assert (c.client.client_momentum, c.client.local_steps) == (0.9, 1)
+    assert RunConfig.from_flat({"client_momentum": 0.9, "dp": "sample", "epsilon": 3.0}).client.client_momentum == 0.9

@@ -27,7 +27,7 @@ ROOT = Path(__file__).resolve().parents[1] / "securefl"
 
 #: components bottom up: (rank, component, module prefixes); the longest prefix wins
 LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
-    (0, "foundation", ("securefl.exceptions", "securefl.validators", "securefl._io")),
+    (0, "foundation", ("securefl.exceptions", "securefl.validators", "securefl._io", "securefl.userspec", "securefl.runtime")),
     (1, "config", ("securefl.config",)),
     (2, "crypto", ("securefl.crypto",)),
     (2, "privacy", ("securefl.privacy",)),
@@ -39,7 +39,7 @@ LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
     (4, "client", ("securefl.client",)),
     (4, "server", ("securefl.server",)),
     (5, "build", ("securefl.build",)),
-    (6, "simulation", ("securefl.simulation",)),
+    (6, "simulation", ("securefl.simulation", "securefl.checkpoint")),
     (6, "flower", ("securefl.transport.flower",)),
     (7, "cli", ("securefl", "securefl.cli", "securefl.__main__")),
 ]

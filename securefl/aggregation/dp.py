@@ -73,6 +73,7 @@ class DPFedAvg(RoundAggregation):
         self.expected_clients = expected_clients
         self.ledger, self.rng = ledger, rng
         self.distributed_noise = distributed_noise
+        self._prepaid: list[dict[str, Any]] = []
         self.noise_multiplier = float(noise_multiplier)
         #: the noise multiplier of the update sum (smaller than z when adaptive
         #: clipping spends part of the budget on the unclipped count)
@@ -89,7 +90,20 @@ class DPFedAvg(RoundAggregation):
     def header(self) -> dict[str, Any]:
         return {"client_clip": self.clip}
 
+    def prepay(self, entries: list[dict[str, Any]]) -> None:
+        """Charges a killed run recorded for rounds whose noisy aggregate it never
+        released; each covers one later round of the resumed run instead of a new
+        entry. Only for central noise: the server that adds the noise saw nothing
+        else, so the unreleased result cost nothing. With distributed noise the
+        server has seen each noisy sum, so every round is charged anew."""
+        if self.distributed_noise:
+            return
+        self._prepaid = [e for e in entries if e.get("mechanism") == Mechanism.DP_FEDAVG.value]
+
     def charge(self, round_: int) -> tuple[float | None, float | None]:
+        if self._prepaid:
+            entry = self._prepaid.pop(0)
+            return entry["epsilon"][self.accountant], entry["epsilon"]["rdp"]
         entry = self.ledger.record(
             subject=FEDERATION,
             round=round_,

@@ -21,6 +21,10 @@ from securefl.config.vocab import (
     DPMode,
 )
 
+#: the largest learning rate any setting accepts; float32 training overflows long before
+MAX_LR = 1e6
+
+
 @dataclass(frozen=True)
 class DPConfig:
     """Differential privacy settings.
@@ -59,7 +63,7 @@ class DPConfig:
         _choice("accountant", self.accountant, ACCOUNTANTS)
         _bool("adaptive_clip", self.adaptive_clip)
         _float("target_quantile", self.target_quantile, 0.0, 1.0)
-        _float("clip_lr", self.clip_lr, 0.0, lo_open=True)
+        _float("clip_lr", self.clip_lr, 0.0, MAX_LR, lo_open=True)
         if self.clip_count_stddev is not None:
             _float("clip_count_stddev", self.clip_count_stddev, 0.0, lo_open=True)
         _bool("reproducible_noise", self.reproducible_noise)
@@ -92,6 +96,12 @@ class ClientConfig:
     also the public lot size the noisy gradient sum is divided by, so that the
     update's scale does not reveal n_k: with an explicit ``sample_rate`` set it near
     ``sample_rate`` times a typical client's size.
+
+    ``local_steps`` makes a round exactly that many minibatch steps (``local_epochs``
+    is then not used). ``momentum`` is SGD momentum within a round (reset every
+    round); ``client_momentum`` is worker momentum kept across rounds (Karimireddy,
+    He, Jaggi, "Learning from History for Byzantine Robust Optimization", ICML 2021):
+    ``m <- beta m + (1 - beta) g`` on every local step, the buffer living on the client.
     """
 
     local_epochs: float = 2.0
@@ -100,15 +110,23 @@ class ClientConfig:
     lr: float = 0.3
     optimizer: str = "sgd"
     momentum: float = 0.0
+    local_steps: int | None = None
+    client_momentum: float = 0.0
 
     def __post_init__(self) -> None:
         _float("local_epochs", self.local_epochs, 0.0, 1000.0, lo_open=True)
         _int("batch_size", self.batch_size, 1)
         if self.sample_rate is not None:
             _float("sample_rate", self.sample_rate, 0.0, 1.0, lo_open=True)
-        _float("lr", self.lr, 0.0, lo_open=True)
+        _float("lr", self.lr, 0.0, MAX_LR, lo_open=True)
         _choice("optimizer", self.optimizer, CLIENT_OPTIMIZERS)
         _float("momentum", self.momentum, 0.0, 1.0, hi_open=True)
+        if self.local_steps is not None:
+            _int("local_steps", self.local_steps, 1, 1_000_000)
+        _float("client_momentum", self.client_momentum, 0.0, 1.0, hi_open=True)
+        if self.client_momentum > 0 and (self.optimizer != "sgd" or self.momentum > 0):
+            why = f"worker momentum is SGD's own buffer; it needs optimizer 'sgd' and momentum 0 (got {self.optimizer!r}, {self.momentum!r})"
+            raise ConfigValueError("client_momentum", self.client_momentum, why)
 
 
 @dataclass(frozen=True)
@@ -144,7 +162,7 @@ class ServerConfig:
         _choice("sampling", self.sampling, SAMPLINGS)
         _choice("algorithm", self.algorithm, ALGORITHMS)
         _choice("server_opt", self.server_opt, sorted(SERVER_OPT_NAMES))
-        _float("server_lr", self.server_lr, 0.0, lo_open=True)
+        _float("server_lr", self.server_lr, 0.0, MAX_LR, lo_open=True)
         _float("server_momentum", self.server_momentum, 0.0, 1.0, hi_open=True)
         _choice("aggregator", self.aggregator, sorted(AGGREGATOR_NAMES))
         _float("dropout", self.dropout, 0.0, 1.0, hi_open=True)
@@ -176,7 +194,7 @@ class ProtectConfig:
 
     # --- ckks (securefl.protections.ckks)
     ckks_preset: str = "small-model"  #: ring preset named by use (securefl.crypto.hazmat.ckks.PRESETS)
-    ckks_encryption: str = "symmetric"  #: "symmetric" (secret-key), "public-key" or "seeded" (secret-key, ~half the bytes)
+    ckks_encryption: str = "seeded"  #: "seeded" (secret-key, ~half the bytes of "symmetric"), "symmetric" or "public-key"
     ckks_max_clients: int | None = None  #: most ciphertexts summed in a round; None = the federation size
     ckks_max_error: float = 1e-3  #: bound on the released error of one summed slot (values in [-1, 1])
     ckks_clip: float = 4.0  #: L2 bound on an (unweighted) update; larger ones are clipped and counted

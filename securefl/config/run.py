@@ -13,6 +13,17 @@ from securefl.validators import check_int as _int
 
 from securefl.config.parts import ClientConfig, DPConfig, ProtectConfig, ServerConfig
 from securefl.config.vocab import DATASET_NAMES, MODEL_NAMES, PARTITION_NAMES, PROTECT_NAMES, DPMode
+from securefl.userspec import SPEC_FORM, check_spec, is_user_spec
+
+
+def _name_or_spec(name: str, value: object, names: tuple[str, ...]) -> None:
+    """A built-in name, or user code as a ``MODULE:CALLABLE`` string (its shape only:
+    the component resolves it when the run is built)."""
+    if is_user_spec(value):
+        check_spec(name, value)  # type: ignore[arg-type]
+    elif not isinstance(value, str) or value not in names:
+        _choice(name, value, [*sorted(names), SPEC_FORM])
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -34,14 +45,14 @@ class RunConfig:
     protection: ProtectConfig = field(default_factory=ProtectConfig)
 
     def __post_init__(self) -> None:
-        _choice("dataset", self.dataset, sorted(DATASET_NAMES))
+        _name_or_spec("dataset", self.dataset, DATASET_NAMES)
         _int("clients", self.clients, 1, 100_000)
         if self.clients < 2:
             raise ConfigValueError("clients", self.clients, "a federation needs at least 2 clients")
         _choice("partition", self.partition, sorted(PARTITION_NAMES))
         _float("alpha", self.alpha, 0.0, lo_open=True)
         _int("shards_per_client", self.shards_per_client, 1)
-        _choice("model", self.model, sorted(MODEL_NAMES))
+        _name_or_spec("model", self.model, MODEL_NAMES)
         _int("hidden", self.hidden, 1)
         _choice("protect", self.protect, sorted(PROTECT_NAMES))
         _int("seed", self.seed, 0, 2**63 - 1)
@@ -74,6 +85,15 @@ class RunConfig:
                 "distributed DP noise needs --protect secagg and --dp client with a fixed clip "
                 f"(got protect={self.protect!r}, dp={self.dp.dp!r}, adaptive_clip={self.dp.adaptive_clip})",
             )
+        if client_dp and self.client.client_momentum > 0 and (self.server.sampling != "fixed" or self.server.fraction < 1.0):
+            # the buffer would carry which earlier rounds sampled the client, a secret that
+            # the amplification-by-sampling analysis of DP-FedAvg needs to stay hidden
+            raise ConfigValueError(
+                "client_momentum",
+                self.client.client_momentum,
+                "worker momentum under --dp client needs every client in every round "
+                "(--sampling fixed --fraction 1): with client sampling the buffer would depend on the hidden sampling",
+            )
         if client_dp and self.server.aggregator != "mean":
             raise ConfigValueError(
                 "aggregator",
@@ -82,7 +102,8 @@ class RunConfig:
             )
 
     def _check_cohort(self) -> None:
-        """Multi-Krum averages at most the clients of a round. (Whether a round holds
+        """Multi-Krum averages at most the clients of a round; FedSGD is one step per
+        round, so it takes no ``local_steps``. (Whether a round holds
         enough clients for a robust rule's Byzantine bound is the rule's own maths:
         :func:`securefl.build.check`.)"""
         expected = self.expected_cohort
@@ -94,6 +115,8 @@ class RunConfig:
             sampled = expected if fixed else self.clients
             if p.ckks_max_clients < sampled:
                 raise ConfigValueError("ckks_max_clients", p.ckks_max_clients, f"must be >= the {sampled} clients a round can sample")
+        if self.server.algorithm == "fedsgd" and self.client.local_steps is not None:
+            raise ConfigValueError("local_steps", self.client.local_steps, "FedSGD takes one full-batch step per round; use --algorithm fedavg")
         if self.server.aggregator == "multikrum" and self.server.krum_m is not None and self.server.krum_m > expected:
             raise ConfigValueError("krum_m", self.server.krum_m, f"must be <= the {expected} clients of a round")
 
@@ -115,6 +138,8 @@ class RunConfig:
     def from_flat(cls, values: Mapping[str, Any]) -> "RunConfig":
         """Build a config from flat ``name -> value`` pairs (CLI flags, TOML keys)."""
         owner = cls.field_owner()
+        if values.get("local_steps") is not None and values.get("local_epochs") is not None:
+            raise ConfigValueError("local_steps", values["local_steps"], "give either local_steps or local_epochs, not both")
         top: dict[str, Any] = {}
         subs: dict[str, dict[str, Any]] = {name: {} for name in _SUBCONFIGS}
         for key, value in values.items():

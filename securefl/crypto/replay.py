@@ -48,6 +48,10 @@ class RoundGuard:
         """The last round answered at ``stage`` (None if never)."""
         return self._last.get(stage)
 
+    def highest(self) -> int | None:
+        """The highest round answered at any stage (None if none)."""
+        return max(self._last.values(), default=None)
+
     def advance(self, stage: str, round_: int) -> None:
         """Record that ``round_`` is being answered at ``stage``, or raise
         :class:`ReplayError` if it is not above the last one."""

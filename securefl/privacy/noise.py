@@ -33,11 +33,11 @@ needs no change; the extra noise is ``sqrt(d) grid / C + 1/s``, i.e. below
 the discrete Gaussian itself; for the Poisson-subsampled mechanism the PRV/PLD
 accountants model the continuous Gaussian, which the discrete one at ``s >= 2^22``
 grid units matches to within a negligible distance (its privacy loss is the same
-linear function of the output, evaluated on a lattice of step ``2^-22 sigma``). ``SecureRNG.normal`` (Box-Muller in float64)
-is kept for comparison and for callers not yet moved: the distributed-DP noise
-shares of secure aggregation (``crypto.secagg.common.encode_with_noise``, which can
-call ``rng.discrete_gaussian(n, ceil(sigma / resolution))`` instead) and CKKS
-noise flooding.
+linear function of the output, evaluated on a lattice of step ``2^-22 sigma``). The distributed-DP noise
+shares of secure aggregation use the same sampler in ring-grid units
+(``crypto.secagg.common.encode_with_noise``). ``SecureRNG.normal`` (Box-Muller in
+float64) is kept for comparison and for CKKS noise flooding, which protects the
+decryption key, not a DP guarantee.
 """
 
 from __future__ import annotations

@@ -132,6 +132,19 @@ MAX_DIM = 2**31
 MAX_AUX_KEYS, MAX_AUX_KEY_LEN = 16, 64
 
 
+def max_update_bytes(params: hz.CKKSParams, dim: int, holders: int) -> int:
+    """The largest encrypted update of a ``dim``-parameter model a server reads: enough
+    ciphertexts for the longest layout (every counter slot used, ``holders``
+    participation slots), each at most two uncompressed polynomials, plus headers.
+    No message may exceed :data:`securefl.transport.wire.MAX_MESSAGE`, which bounds
+    the model size a preset can carry (:func:`securefl.build.check_ckks_size`)."""
+    from securefl.crypto.hazmat import ckks_seal as hzs
+
+    length = auth.Layout(dim, ("",) * MAX_AUX_KEYS, max(1, holders)).length
+    per_ct = 2 * params.poly_modulus_degree * len(params.coeff_mod_bit_sizes) * 8 + 4096
+    return (1 << 22) + hzs.num_ciphertexts(params, length) * per_ct
+
+
 def int_field(header: dict[str, Any], name: str, *, minimum: int = 0, maximum: int = MAX_FIELD_INT) -> int:
     v = header.get(name)
     if not is_int(v):

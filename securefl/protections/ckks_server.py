@@ -18,7 +18,7 @@ from securefl.crypto.hazmat import ckks_seal as hzs
 from securefl.crypto.identity import Roster
 from securefl.exceptions import AggregationError, CiphertextRejectedError, ProtocolError, WireFormatError
 from securefl.protections.base import AggregateInput, ClientLike, Exchange, ServerProtection
-from securefl.protections.ckks import MAX_AUX_KEYS, NAME, CKKSSettings, aux_keys_field, number_field, unpack_part
+from securefl.protections.ckks import NAME, CKKSSettings, aux_keys_field, max_update_bytes, number_field, unpack_part
 from securefl.transport import wire
 from securefl.validators import is_int
 
@@ -57,8 +57,8 @@ class CKKSServer(ServerProtection):
     def _adverts(self, clients: Sequence[ClientLike], exchange: Exchange) -> dict[str, dict[str, Any]]:
         sid = self.settings.settings_id
         adverts: dict[str, dict[str, Any]] = {}
-        for c in clients:
-            reply = exchange.send(c, wire.encode(wire.Kind.CKKS_HELLO, {"settings": sid, **self.settings.describe()}))
+        hello = wire.encode(wire.Kind.CKKS_HELLO, {"settings": sid, **self.settings.describe()})
+        for c, reply in zip(clients, exchange.send_many([(c, hello) for c in clients])):
             if reply is None:
                 continue
             msg = wire.decode(reply, expect=wire.Kind.CKKS_ADVERT)
@@ -88,6 +88,7 @@ class CKKSServer(ServerProtection):
             raise ProtocolError("key generator reply needs a fingerprint and a sorted holder list")
         self.context, self.public_context = ctx, public
         self.fingerprint, self.key_holders = fingerprint, list(holders)
+        deliveries = []
         for cid in holders:
             if cid == generator:
                 continue
@@ -99,7 +100,9 @@ class CKKSServer(ServerProtection):
                 "fingerprint": fingerprint,
             }
             delivery = wire.encode(wire.Kind.CKKS_KEY_DELIVERY, header, unpack_part(offsets, msg.payload, f"to:{cid}"))
-            ack = exchange.send(by_id[cid], delivery)
+            deliveries.append((by_id[cid], delivery))
+        for (client, _), ack in zip(deliveries, exchange.send_many(deliveries)):
+            cid = client.client_id
             if ack is not None and wire.decode(ack, expect=wire.Kind.CKKS_KEY_ACK).header.get("fingerprint") != fingerprint:
                 raise ProtocolError(f"client {cid!r} installed a different key set")
 
@@ -138,10 +141,7 @@ class CKKSServer(ServerProtection):
     def _max_update_bytes(self, dim: int) -> int:
         """The largest encrypted update this server reads: enough ciphertexts for the
         longest layout (every counter slot used), each at most two uncompressed polynomials."""
-        p = self.params
-        length = Layout(dim, ("",) * MAX_AUX_KEYS, max(1, len(self.key_holders))).length
-        per_ct = 2 * p.poly_modulus_degree * len(p.coeff_mod_bit_sizes) * 8 + 4096
-        return wire.size_limit(0, overhead=(1 << 22) + hzs.num_ciphertexts(p, length) * per_ct)
+        return wire.size_limit(0, overhead=max_update_bytes(self.params, dim, len(self.key_holders)))
 
     def aggregate(
         self, clients: Sequence[ClientLike], global_message: bytes, dim: int, exchange: Exchange
@@ -150,11 +150,10 @@ class CKKSServer(ServerProtection):
             raise ProtocolError("CKKS set-up has not run")
         holders = set(self.key_holders)
         got = _Received()
-        for c in clients:
-            if c.client_id in holders:
-                raw = exchange.send(c, global_message, method="fit")
-                if raw is not None:
-                    self._add(got, c.client_id, raw, dim)
+        members = [c for c in clients if c.client_id in holders]
+        for c, raw in zip(members, exchange.send_many([(c, global_message) for c in members], method="fit")):
+            if raw is not None:
+                self._add(got, c.client_id, raw, dim)
         count = len(got.headers)
         if count == 0:
             return None
