@@ -231,6 +231,11 @@ def prepare_out_dir(out_dir: Path, *, overwrite: bool = False) -> None:
         raise ConfigValueError(
             "out_dir", str(out_dir), "already holds a run (ledger.json); pass overwrite=True to replace it"
         )
+    _remove_outputs(out_dir)
+
+
+def _remove_outputs(out_dir: Path) -> None:
+    """Remove a run's outputs and its clients' round memories from ``out_dir``."""
     for name in RUN_OUTPUTS:
         (out_dir / name).unlink(missing_ok=True)
     state = out_dir / "state"
@@ -241,14 +246,10 @@ def prepare_out_dir(out_dir: Path, *, overwrite: bool = False) -> None:
 
 def _abandon(out_dir: Path, *, remove_dir: bool) -> None:
     """Remove what a run that failed before its first round wrote."""
-    for name in RUN_OUTPUTS:
-        (out_dir / name).unlink(missing_ok=True)
+    _remove_outputs(out_dir)
     state = out_dir / "state"
-    if state.is_dir():
-        for f in state.glob("*.rounds.json"):
-            f.unlink()
-        if not any(state.iterdir()):
-            state.rmdir()
+    if state.is_dir() and not any(state.iterdir()):
+        state.rmdir()
     if remove_dir and not any(out_dir.iterdir()):
         out_dir.rmdir()
 

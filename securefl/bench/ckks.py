@@ -28,8 +28,6 @@ distort least. The load average is recorded before and after.
 
 from __future__ import annotations
 
-import os
-import platform
 import statistics
 import time
 from typing import Any, Callable
@@ -37,6 +35,7 @@ from typing import Any, Callable
 import numpy as np
 import torch
 
+from securefl.bench import timing
 from securefl.crypto.ckks_auth import Layout
 from securefl.crypto.ckks_keys import decryptor_for
 from securefl.crypto.hazmat import ckks as hz
@@ -59,13 +58,7 @@ def machine() -> dict[str, Any]:
     """Platform, core count, TenSEAL version and the load average now."""
     import tenseal
 
-    return {
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "tenseal": tenseal.__version__,
-        "loadavg": [round(v, 2) for v in os.getloadavg()],
-    }
+    return timing.machine(tenseal=tenseal.__version__)
 
 
 def _once(fn: Callable[[], Any]) -> tuple[float, float, Any]:

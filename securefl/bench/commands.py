@@ -12,12 +12,12 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
-import os
-import platform
 import sys
 import time
 from pathlib import Path
 from typing import Any
+
+from securefl.bench import timing
 
 #: section name -> module; the order is the order they run in
 SECTIONS: dict[str, str] = {
@@ -33,15 +33,7 @@ def machine() -> dict[str, Any]:
     import numpy as np
     import torch
 
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpus": os.cpu_count(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "numpy": np.__version__,
-        "loadavg": [round(v, 2) for v in os.getloadavg()],
-    }
+    return {**timing.machine(torch=torch.__version__, numpy=np.__version__), "torch_threads": torch.get_num_threads()}
 
 
 def _sections(value: str) -> list[str]:

@@ -26,7 +26,6 @@ import contextlib
 import copy
 import functools
 import os
-import platform
 import statistics
 import tempfile
 import time
@@ -36,6 +35,7 @@ from typing import Any, Callable, Iterator
 import torch
 import torch.nn.functional as F
 
+from securefl.bench import timing
 from securefl.models import build_model, num_parameters
 from securefl.privacy import accounting
 from securefl.privacy.dpsgd import GradSampleWrapper, choose_grad_sample_mode
@@ -50,14 +50,7 @@ SHAPE, CLASSES, BATCH = (1, 8, 8), 10, 144
 
 def machine() -> dict[str, Any]:
     """Platform, core count, torch threads and the load average now."""
-    return {
-        "platform": platform.platform(),
-        "cpus": os.cpu_count(),
-        "python": platform.python_version(),
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "loadavg": [round(v, 2) for v in os.getloadavg()],
-    }
+    return {**timing.machine(torch=torch.__version__), "torch_threads": torch.get_num_threads()}
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[float, float]:

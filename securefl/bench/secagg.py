@@ -25,7 +25,6 @@ load average is recorded before and after.
 from __future__ import annotations
 
 import os
-import platform
 import statistics
 import time
 from typing import Any, Callable, Sequence
@@ -33,6 +32,7 @@ from typing import Any, Callable, Sequence
 import numpy as np
 from cryptography.hazmat.primitives.ciphers import Cipher, algorithms, modes
 
+from securefl.bench import timing
 from securefl.crypto import primitives as P
 from securefl.crypto import shamir
 from securefl.crypto.encoding import b64
@@ -49,8 +49,7 @@ _CHUNK = 1 << 17
 
 def machine() -> dict[str, Any]:
     """Platform, core count and the load average now (other processes distort wall time)."""
-    load = [round(v, 2) for v in os.getloadavg()]
-    return {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version(), "loadavg": load}
+    return timing.machine()
 
 
 def _timed(fn: Callable[[], Any]) -> tuple[float, float, Any]:
