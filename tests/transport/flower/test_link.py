@@ -125,3 +125,26 @@ def test_replies_become_the_errors_the_client_raised(flower):
     other = link.unwrap(({"client": "client-1", "status": "error", "error": "KeyError", "message": "x"}, b""))
     assert isinstance(other, E.ProtocolError) and "KeyError" in str(other)
     assert link.unwrap(({"client": "client-2", "status": "ok"}, b"reply")) == b"reply"
+
+
+@pytest.mark.parametrize(
+    "protect, extra",
+    [("none", {}), ("ckks", {}), ("secagg", {}), ("secagg", {"secagg-distributed-dp": True})],
+    ids=["none", "ckks", "secagg", "secagg-distributed"],
+)
+def test_client_level_dp_over_a_grid_matches_the_simulation(flower, tmp_path, protect, extra):
+    """DP-FedAvg (central noise, and the distributed noise of secure aggregation) over
+    the Flower transport: the server's federation ledger and epsilon are the simulation's."""
+    from securefl.simulation import Simulation
+    from securefl.transport.flower import serverapp
+
+    run_config = {"protect": protect, "rounds": 2, "clients": 4, "partition": "iid", "dp": "client", "epsilon": 20.0,
+                  "min-clients": 3, "reproducible-noise": True, "out-dir": str(tmp_path / "out"), "stage-timeout": 30.0,
+                  **extra}
+    config, workers = _workers(flower, tmp_path, run_config)
+    deployed = serverapp.run(FakeGrid(workers), run_config, run_id=1)
+    simulated = Simulation(config).run().metrics
+    assert not any(r["aborted"] for r in deployed["rounds"])
+    assert deployed["final"]["epsilon"] == simulated["final"]["epsilon"] is not None
+    assert deployed["final"]["accuracy"] == pytest.approx(simulated["final"]["accuracy"], abs=0.02)
+    assert '"federation"' in (tmp_path / "out" / "ledger.json").read_text()
