@@ -1,12 +1,15 @@
-"""Crash-safe file writes."""
+"""Crash-safe file writes, and a lock for objects whose writes must not interleave."""
 
 from __future__ import annotations
 
 import json
 import os
 import tempfile
+from functools import wraps
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable, TypeVar
+
+F = TypeVar("F", bound=Callable[..., Any])
 
 
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
@@ -36,3 +39,17 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
 
 def atomic_write_json(path: str | os.PathLike, obj: Any) -> None:
     atomic_write_bytes(path, (json.dumps(obj, indent=2, sort_keys=False) + "\n").encode())
+
+
+def serialized(method: F) -> F:
+    """Run ``method`` under ``self._lock`` (a ``threading.RLock`` the object makes):
+    e.g. clients on parallel threads (:mod:`securefl.protections.threaded`) share one
+    privacy ledger, whose every append must read the chain's last hash and write
+    the file alone."""
+
+    @wraps(method)
+    def locked(self: Any, *args: Any, **kwargs: Any) -> Any:
+        with self._lock:
+            return method(self, *args, **kwargs)
+
+    return locked  # type: ignore[return-value]

@@ -17,15 +17,23 @@ The policy, first match wins:
    set ``torch.set_num_threads`` itself);
 3. ``OMP_NUM_THREADS`` set: torch already follows it, so it is left alone;
 4. otherwise one thread.
+
+Parallel clients (``ServerConfig.workers`` > 1, :mod:`securefl.protections.threaded`)
+split that count: while a stage's clients run on ``workers`` threads, torch gets
+``max(1, threads // workers)`` intra-op threads (:func:`worker_threads`), so that
+workers times intra-op threads stays within what the policy allowed, and the
+count is restored when the stage ends.
 """
 
 from __future__ import annotations
 
 import os
+from contextlib import contextmanager
+from typing import Iterator
 
 from securefl.exceptions import ConfigValueError
 
-__all__ = ["DEFAULT_THREADS", "ENV", "KEEP", "apply_thread_policy", "threads_wanted"]
+__all__ = ["DEFAULT_THREADS", "ENV", "KEEP", "apply_thread_policy", "threads_wanted", "worker_threads"]
 
 ENV = "SECUREFL_THREADS"
 #: the value of ``SECUREFL_THREADS`` (or ``threads``) that leaves torch alone
@@ -60,3 +68,21 @@ def apply_thread_policy(threads: int | str | None = None) -> int:
     if n is not None and torch.get_num_threads() != n:
         torch.set_num_threads(n)
     return torch.get_num_threads()
+
+
+@contextmanager
+def worker_threads(workers: int) -> Iterator[int]:
+    """Split torch's intra-op threads among ``workers`` concurrent clients for the
+    duration of the block (``max(1, threads // workers)`` each); yields that
+    count and restores the previous one afterwards."""
+    import torch
+
+    before = torch.get_num_threads()
+    each = max(1, before // max(1, int(workers)))
+    if each != before:
+        torch.set_num_threads(each)
+    try:
+        yield each
+    finally:
+        if torch.get_num_threads() != before:
+            torch.set_num_threads(before)

@@ -6,8 +6,9 @@ CCS 2017) and the growth of the SecAgg+ server with n (Bell et al., CCS 2020).
   through stages 1-3 of a real round (keys, encrypted shares) and times
   ``masked_input`` on a ``d``-vector; beside it, in the same process and
   interleaved with it, the reference produces the same number of AES-256-CTR
-  keystream bytes with ``cryptography`` (one fresh key per mask, no arithmetic):
-  the floor any AES-CTR masking scheme pays.
+  keystream bytes with ``cryptography``'s CTR mode (one fresh key per mask, no
+  arithmetic); the masking takes the same bytes from the faster GCM code
+  (:mod:`securefl.crypto.secagg.masking`), so it can come in below it.
 * The server runs the real :class:`~securefl.crypto.secagg.server.SecAggServer` on
   real wire messages for every stage. The clients' replies are built directly
   (their costly stage-2 work is skipped): keys are real X25519 keys; share

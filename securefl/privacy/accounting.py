@@ -24,7 +24,7 @@ import math
 import warnings
 from abc import ABC, abstractmethod
 from dataclasses import dataclass
-from typing import Callable, Iterable
+from typing import Iterable
 
 import numpy as np
 
@@ -113,7 +113,12 @@ def _rdp_to_epsilon(history: History, delta: float, orders: tuple[float, ...] = 
 
 def rdp_epsilon(history: History, delta: float) -> float:
     """RDP upper bound on epsilon for ``history`` at ``delta``."""
-    history = normalize(history)
+    return _rdp_epsilon(normalize(history), delta)
+
+
+@functools.lru_cache(maxsize=4096)
+def _rdp_epsilon(history: History, delta: float) -> float:
+    """:func:`rdp_epsilon` of a normalized history, cached by ``(history, delta)``."""
     _check(history, delta)
     if not history:
         return 0.0
@@ -122,6 +127,7 @@ def rdp_epsilon(history: History, delta: float) -> float:
     return _rdp_to_epsilon(history, delta)
 
 
+@functools.lru_cache(maxsize=4096)
 def _prv_domain_size(history: History, eps_error: float, delta_error: float) -> float:
     """Half-width of the privacy-loss domain outside which at most ``delta_error``
     mass lies (Gopi, Lee and Wutschitz 2021, Remark 5.6), bounded through RDP."""
@@ -132,76 +138,70 @@ def _prv_domain_size(history: History, eps_error: float, delta_error: float) -> 
     return max(half_width, eps_error) + 3
 
 
-def _prv_cdf(q: float, sigma: float) -> Callable[[float], float]:
-    """The CDF of the Poisson-subsampled Gaussian PRV at a scalar ``t``, in ``math``:
-    Opacus' ``PoissonSubsampledGaussianPRV.cdf`` (Gopi et al. 2021, Prop. B4) without
-    numpy's per-call overhead, for the numerical integration of its mean."""
-    lo = -math.inf if q == 1 else math.log(1 - q)
-    a, b = 2 * math.sqrt(2) * sigma, 2 * sigma * sigma
-
-    def cdf(t: float) -> float:
-        if not t > lo:
-            return 0.0
-        if t > 700:  # numpy's exp overflows to inf here, and the CDF is 1 either way
-            return 1.0
-        u = (math.exp(t) + q - 1) / q
-        z = math.log(u) if u > 0 else -math.inf  # numpy: log(0) = -inf, erfc(-inf) = 2
-        return -q * math.erfc((b * z - 1) / a) / 2 - (1 - q) * math.erfc((b * z + 1) / a) / 2 + 1.0
-
-    return cdf
-
-
-def _truncated_prv(q: float, sigma: float, t_min: float, t_max: float):
-    """Opacus' ``TruncatedPrivacyRandomVariable`` whose ``mean()`` (the same
-    piecewise ``quad`` integration by parts) runs on a scalar ``math`` CDF: the same
-    mean to ~1e-16, an order of magnitude faster (it was most of a PRV evaluation)."""
-    from opacus.accountants.analysis.prv import PoissonSubsampledGaussianPRV, TruncatedPrivacyRandomVariable
-    from scipy import integrate
-
-    class _Truncated(TruncatedPrivacyRandomVariable):
-        def mean(self) -> float:
-            base, mass = _prv_cdf(q, sigma), float(self._remaining_mass)
-            c_min = base(self.t_min)
-
-            def cdf(t: float) -> float:
-                return 0.0 if t < self.t_min else (base(t) - c_min) / mass if t < self.t_max else 1.0
-
-            points = np.concatenate([
-                [self.t_min], -np.logspace(int(np.log10(np.abs(self.t_min))), -5, num=10), [0],
-                np.logspace(-5, int(np.log10(self.t_max)), num=10), [self.t_max],
-            ])  # fmt: skip
-            mean = 0.0
-            for left, right in zip(points[:-1], points[1:]):
-                integral, _ = integrate.quad(cdf, left, right, limit=500)
-                mean += right * cdf(right) - left * cdf(left) - integral
-            return mean
-
-    return _Truncated(PoissonSubsampledGaussianPRV(q, sigma), t_min, t_max)
+def _padded(history: History) -> History:
+    """``history`` with its step count rounded up to a power of two, the extra
+    steps those of its largest ``(sigma, q)`` (in sorted order, so that the result
+    does not depend on the order of the runs): RDP only grows with more steps, so
+    its PRV domain covers ``history``'s."""
+    total = sum(n for _, _, n in history)
+    extra = (1 << (total - 1).bit_length()) - total
+    if not extra:
+        return history
+    counts: dict[tuple[float, float], int] = {}
+    for sigma, q, n in history:
+        counts[(sigma, q)] = counts.get((sigma, q), 0) + n
+    last = max(counts)
+    counts[last] += extra
+    return tuple((sigma, q, n) for (sigma, q), n in sorted(counts.items()))
 
 
 @functools.lru_cache(maxsize=4096)
-def prv_epsilon(history: History, delta: float, eps_error: float = 0.01) -> tuple[float, float, float]:
+def prv_grid(history: History, eps_error: float, delta_error: float, exact: bool = False):
+    """The grid (an Opacus ``Domain``) :func:`prv_epsilon` composes ``history`` on:
+    Opacus' mesh and RDP-bounded domain for ``history`` padded to a power-of-two
+    step count (:func:`_padded`), widened to an FFT-friendly size, so the rounds of
+    a run share grids (:mod:`securefl.privacy.prv`); ``exact``: for ``history``
+    itself, without widening (the grid before issue 15, kept for old ledgers)."""
+    from opacus.accountants.analysis.prv import Domain
+
+    from securefl.privacy import prv
+
+    sized = history if exact else _padded(history)
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        half_width = _prv_domain_size(sized, eps_error, delta_error)
+        mesh = eps_error / np.sqrt(sum(n for _, _, n in sized) * np.log(12 / delta_error) / 2)
+        return Domain.create_aligned(-half_width, half_width, mesh) if exact else prv.fast_domain(half_width, mesh)
+
+
+@functools.lru_cache(maxsize=4096)
+def prv_epsilon(
+    history: History, delta: float, eps_error: float = 0.01, exact: bool = False
+) -> tuple[float, float, float]:
     """PRV ``(lower, estimate, upper)`` bounds on epsilon for ``history`` at ``delta``
-    (Gopi, Lee and Wutschitz, NeurIPS 2021), on Opacus' PRV discretization."""
+    (Gopi, Lee and Wutschitz, NeurIPS 2021), on Opacus' PRV discretization over
+    the grid of :func:`prv_grid` (``exact``: the per-history grid, uncached)."""
     history = normalize(history)
     _check(history, delta)
     if not history:
         return (0.0, 0.0, 0.0)
     if any(sigma == 0 for sigma, _, _ in history):
         return (float("inf"),) * 3
-    from opacus.accountants.analysis.prv import Domain, compose_heterogeneous, discretize
+    from opacus.accountants.analysis.prv import compose_heterogeneous, discretize
+
+    from securefl.privacy import prv
 
     delta_error = delta / 1000
-    steps = [n for _, _, n in history]
     try:
         with warnings.catch_warnings(), np.errstate(divide="ignore", invalid="ignore"):
             # q = 1 makes Opacus take log(0) on a branch it then discards
             warnings.simplefilter("ignore", RuntimeWarning)
-            half_width = _prv_domain_size(history, eps_error, delta_error)
-            mesh = eps_error / np.sqrt(sum(steps) * np.log(12 / delta_error) / 2)
-            domain = Domain.create_aligned(-half_width, half_width, mesh)
-            dprvs = [discretize(_truncated_prv(q, sigma, domain.t_min, domain.t_max), domain) for sigma, q, _ in history]
-            dprv = compose_heterogeneous(dprvs=dprvs, num_self_compositions=steps)
+            domain = prv_grid(history, eps_error, delta_error, exact)
+            if exact:
+                dprvs = [discretize(prv.truncated_prv(q, s, domain.t_min, domain.t_max), domain) for s, q, _ in history]
+                dprv = compose_heterogeneous(dprvs=dprvs, num_self_compositions=[n for _, _, n in history])
+            else:
+                dprv = prv.compose(history, domain)
             lo, est, hi = dprv.compute_epsilon(delta, delta_error, eps_error)
     except (ValueError, RuntimeError, OverflowError) as exc:  # pragma: no cover - numeric edge
         raise AccountingError(f"PRV accountant failed for {history}: {exc}") from exc
@@ -282,22 +282,97 @@ def epsilon_under(accountant: str, history: Iterable[tuple[float, float, int]], 
     return get_accountant(accountant).epsilon(history, delta)
 
 
+#: the solver's shortcut (below): coarse PRV runs (``eps_error`` 0.1, then 0.03: about
+#: a tenth and a third of the grid) decide a comparison when their bounds clear the
+#: target by this margin (plus twice their own delta-error term)
+_COARSE_EPS_ERRORS, _COARSE_MARGIN = (0.1, 0.03), 0.02
+_FINE_EPS_ERROR = 0.01  #: :func:`prv_epsilon`'s default, what the solver compares
+
+
+def _coarse_verdict(
+    sigma: float, sample_rate: float, steps: int, delta: float, target: float, eps_error: float
+) -> bool | None:
+    """Whether PRV's upper bound (at ``eps_error`` 0.01) for ``steps`` runs at
+    ``sigma`` exceeds ``target``, decided from a coarser PRV run, or None if its
+    bounds are too close to tell. The true epsilon lies in the coarse ``[lower,
+    upper]`` and in the fine one (the accountant's error bounds, Gopi, Lee and
+    Wutschitz 2021), so fine upper >= true >= coarse lower, and fine upper <= true +
+    (fine upper - fine lower) <= coarse upper + 2 * 0.01 + d, d the spread of the
+    epsilons at delta -+ delta_error (estimated from the coarse run, doubled)."""
+    try:
+        lower, _, upper = prv_epsilon(((float(sigma), float(sample_rate), int(steps)),), delta, eps_error)
+    except (AccountingError, ArithmeticError, ValueError):
+        return None
+    spread = max(0.0, upper - lower - 2 * eps_error)
+    if lower - _COARSE_MARGIN > target:
+        return True
+    if upper + 2 * _FINE_EPS_ERROR + 2 * spread + _COARSE_MARGIN < target:
+        return False
+    return None
+
+
+def gdp_epsilon(mu: float, delta: float) -> float:
+    """Exact epsilon at ``delta`` of ``mu``-GDP (Dong, Roth and Su 2019; delta(eps)
+    from Balle and Wang 2018, Thm. 8): full-batch Gaussian runs compose to
+    ``mu = sqrt(sum(steps / sigma**2))``."""
+    from scipy.optimize import brentq
+    from scipy.special import log_ndtr, ndtr
+
+    def excess(eps: float) -> float:
+        return float(ndtr(-eps / mu + mu / 2) - math.exp(eps + log_ndtr(-eps / mu - mu / 2))) - delta
+
+    if excess(0.0) <= 0:
+        return 0.0
+    return float(brentq(excess, 0.0, 10 * mu * mu + 100, xtol=1e-12))
+
+
+def _gdp_verdict(sigma: float, steps: int, delta: float, target: float) -> bool | None:
+    """:func:`_coarse_verdict` for full-batch runs (``q = 1``), from the exact GDP
+    curve: the PRV upper bound ``u = eps_hat(delta - delta_error) + eps_error``
+    satisfies ``eps(delta) <= u <= eps(delta - 2 delta_error) + 2 eps_error`` (the
+    accountant's error bounds, Gopi, Lee and Wutschitz 2021, Thm. 5.5)."""
+    try:
+        mu = math.sqrt(steps) / sigma
+        if gdp_epsilon(mu, delta) > target + _GDP_MARGIN:
+            return True
+        if gdp_epsilon(mu, delta * (1 - 2 / 1000)) + 2 * _FINE_EPS_ERROR + _GDP_MARGIN < target:
+            return False
+    except (ArithmeticError, ValueError, RuntimeError):
+        pass
+    return None
+
+
+_GDP_MARGIN = 1e-3  #: :func:`_gdp_verdict`'s safety margin (floating point)
+
+
 @functools.lru_cache(maxsize=256)
 def solve_noise_multiplier(
     target_epsilon: float, delta: float, sample_rate: float, steps: int, accountant: str = "prv", tol: float = 0.005
 ) -> float:
     """Smallest noise multiplier (to ``tol`` relative) whose ``steps``-fold
-    composition at ``sample_rate`` stays within ``target_epsilon`` at ``delta``."""
+    composition at ``sample_rate`` stays within ``target_epsilon`` at ``delta``:
+    doubling from 1, then bisection. Under ``prv``, comparisons far from the
+    target are decided from the exact GDP curve at ``q = 1`` (:func:`_gdp_verdict`),
+    else (the doubling and the first halvings) by coarser PRV runs when they can
+    be (:func:`_coarse_verdict`); every comparison comes out as the
+    full PRV run's would, so the result is the same sigma, on fewer grid points."""
     if target_epsilon <= 0:
         raise ConfigValueError("epsilon", target_epsilon, "must be > 0")
     if steps < 1:
         raise ConfigValueError("rounds", steps, "the planned number of steps must be >= 1")
 
-    def eps(sigma: float) -> float:
-        return epsilon_under(accountant, ((sigma, sample_rate, steps),), delta)
+    def above(sigma: float, wide: bool) -> bool:
+        verdict = _gdp_verdict(sigma, steps, delta, target_epsilon) if accountant == "prv" and sample_rate == 1 else None
+        for eps_error in _COARSE_EPS_ERRORS if accountant == "prv" and wide and verdict is None else ():
+            verdict = _coarse_verdict(sigma, sample_rate, steps, delta, target_epsilon, eps_error)
+            if verdict is not None:
+                break
+        if verdict is None:
+            verdict = epsilon_under(accountant, ((sigma, sample_rate, steps),), delta) > target_epsilon
+        return verdict
 
     lo, hi = 0.0, 1.0
-    while eps(hi) > target_epsilon:
+    while above(hi, True):
         lo, hi = hi, hi * 2
         if hi > 1e6:
             raise AccountingError(
@@ -306,8 +381,17 @@ def solve_noise_multiplier(
             )
     while hi - lo > tol * hi:
         mid = (lo + hi) / 2
-        if eps(mid) > target_epsilon:
+        if above(mid, hi - lo > 0.1 * hi):
             lo = mid
         else:
             hi = mid
     return hi
+
+
+def clear_caches() -> None:
+    """Forget every cached accounting result (benchmarks measure cold runs)."""
+    from securefl.privacy import prv
+
+    for fn in (prv_epsilon, _rdp_epsilon, _rdp_one_step, _prv_domain_size, prv_grid, solve_noise_multiplier):
+        getattr(fn, "cache_clear", lambda: None)()  # a test may have replaced one
+    prv.clear_cache()

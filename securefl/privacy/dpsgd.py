@@ -5,7 +5,7 @@ source with :class:`SecureRNG` and draw the Poisson-sampled batches from it too,
 since the privacy amplification the accountant assumes holds only if the
 sampling is hidden from the adversary.
 
-Per-sample clipping runs in one of three *grad-sample modes* (all give the same
+Per-sample clipping runs in one of four *grad-sample modes* (all give the same
 clipped gradient sum, up to float rounding, and the same privacy accounting):
 
 * ``"hooks"``: Opacus' ``GradSampleModule``, per-sample gradients from module hooks;
@@ -16,14 +16,17 @@ clipped gradient sum, up to float rounding, and the same privacy accounting):
   ``||a_i|| ||g_i||``, no per-sample gradient is formed), and a second pass
   back-propagates the output gradients rescaled by the clipping factors, which
   yields the clipped sum directly. The noise is our discrete Gaussian, added to
-  that sum by :class:`SecureGhostDPOptimizer`.
+  that sum by :class:`SecureGhostDPOptimizer`;
+* ``"bk"``: one backward pass, ghost norms and book-kept clipped sums for the
+  ``nn.Linear`` layers, ExpandedWeights for the rest
+  (:mod:`securefl.privacy.bookkeeping`; Bu et al., ICML 2023).
 
 ``"auto"`` (:func:`choose_grad_sample_mode`) is a fixed rule on the model's layer
-types, from measurements on CPU (``securefl bench``, section ``dpsgd``): ghost for
-models made of several ``nn.Linear`` layers (the MLP), ExpandedWeights for models
-made only of the layers PyTorch's ExpandedWeights supports (logistic regression,
-the CNN's convolutions and group norms), hooks otherwise (Opacus' functorch
-fallback covers any layer).
+types, from measurements on CPU (``securefl bench``, section ``dpsgd``, where it was
+the fastest mode for all three reference models): book-keeping for models made of
+layers ExpandedWeights supports with at least one ``nn.Linear`` (logistic
+regression, the MLP, the CNN), ExpandedWeights for other such models, hooks
+otherwise (Opacus' functorch fallback covers any layer).
 
 A :class:`WrapperCache` keeps a model's wrapper (its hooks, disabled between
 calls) from one :func:`dp_sgd_train` call to the next, so a client does not
@@ -44,6 +47,7 @@ from opacus.optimizers.optimizer import _check_processed_flag, _mark_as_processe
 from torch import nn
 
 from securefl.exceptions import ConfigValueError
+from securefl.privacy.bookkeeping import BookKeepingModule
 from securefl.privacy.noise import SecureRNG, noisy_on_grid
 
 __all__ = [
@@ -57,7 +61,7 @@ __all__ = [
     "steps_per_round",
 ]
 
-GRAD_SAMPLE_MODES = ("auto", "hooks", "ew", "ghost")
+GRAD_SAMPLE_MODES = ("auto", "hooks", "ew", "ghost", "bk")
 
 #: the parametrized layers PyTorch's ExpandedWeights computes per-sample gradients for
 _EW_LAYERS = (
@@ -135,6 +139,45 @@ class SecureDPOptimizer(_SecureNoise, DPOptimizer):
             _mark_as_processed(p.grad_sample)
 
 
+class SecureBookKeepingDPOptimizer(SecureDPOptimizer):
+    """:class:`SecureDPOptimizer` for mode ``"bk"``: the per-sample norms combine
+    ExpandedWeights' per-sample gradients with the book-kept linear layers' ghost
+    norms, and those layers' clipped sums come from :meth:`BookKeepingModule.accumulate`."""
+
+    bookkeeping: BookKeepingModule
+
+    @property
+    def accumulated_iterations(self) -> int:
+        return 1  # one forward and backward per step (as Opacus' ghost-clipping optimizer)
+
+    def pre_step(self, closure: Callable[[], float] | None = None) -> bool:
+        # Opacus' pre_step without its ``grad_samples`` lookup (book-kept parameters have none)
+        self.clip_and_accumulate()
+        if self._check_skip_next_step():
+            self._is_last_step_skipped = True
+            return False
+        self.add_noise()
+        self.scale_grad()
+        self._is_last_step_skipped = False
+        return True
+
+    def clip_and_accumulate(self) -> None:
+        bk = self.bookkeeping
+        ew = [p for p in self.params if not bk.book_kept(p)]
+        samples = [self._get_flat_grad_sample(p) for p in ew]
+        dtype = self.params[0].dtype
+        norms_sq = bk.norms_sq(bk.batch_size, dtype)
+        for g in samples:
+            norms_sq = norms_sq + g.reshape(len(g), -1).norm(2, dim=-1).to(dtype) ** 2
+        factor = (self.max_grad_norm / (norms_sq.sqrt() + 1e-6)).clamp(max=1.0)
+        for p, g in zip(ew, samples):
+            _check_processed_flag(p.grad_sample)
+            grad = (factor.to(dtype=p.dtype) @ g.to(p.dtype).reshape(len(g), p.numel())).view_as(p)
+            p.summed_grad = grad if p.summed_grad is None else p.summed_grad + grad
+            _mark_as_processed(p.grad_sample)
+        bk.accumulate(factor)
+
+
 class SecureGhostDPOptimizer(_SecureNoise, DPOptimizerFastGradientClipping):
     """The ghost-clipping optimizer (the clipped sum arrives in ``p.grad``) with the
     same discrete Gaussian noise as :class:`SecureDPOptimizer`."""
@@ -147,18 +190,15 @@ def steps_per_round(local_epochs: float, sample_rate: float) -> int:
 
 def choose_grad_sample_mode(model: nn.Module) -> str:
     """The grad-sample mode ``"auto"`` picks for ``model``: a fixed rule on the types
-    of its layers with trainable parameters (deterministic, no timing): ``"ghost"``
-    if there are several and all are ``nn.Linear``, ``"ew"`` if all are layers
-    ExpandedWeights supports (one linear layer included: its per-sample gradients
-    are no larger than the inputs, so ghost's second backward pass does not pay),
+    of its layers with trainable parameters (deterministic, no timing): if all are
+    layers ExpandedWeights supports, ``"bk"`` when one of them is ``nn.Linear`` (its
+    per-sample gradients, ``n x out x in``, are what costs), ``"ew"`` otherwise;
     else ``"hooks"``."""
     layers = [m for m in model.modules() if any(p.requires_grad for p in m.parameters(recurse=False))]
     if not layers:
         return "hooks"
-    if len(layers) > 1 and all(type(m) is nn.Linear for m in layers):
-        return "ghost"
     if all(type(m) in _EW_LAYERS for m in layers):
-        return "ew"
+        return "bk" if any(type(m) is nn.Linear for m in layers) else "ew"
     return "hooks"
 
 
@@ -179,23 +219,28 @@ class GradSampleWrapper:
             self.gsm: nn.Module = GradSampleModule(model, loss_reduction="sum")
         elif mode == "ew":
             self.gsm = GradSampleModuleExpandedWeights(model, loss_reduction="sum")
+        elif mode == "bk":
+            self.gsm = BookKeepingModule(model, loss_reduction="sum")
         elif mode == "ghost":
             self.gsm = GradSampleModuleFastGradientClipping(
                 model, loss_reduction="sum", max_grad_norm=self.max_grad_norm, use_ghost_clipping=True
             )
         else:
-            raise ConfigValueError("grad_sample_mode", mode, "must be one of hooks, ew, ghost")
+            raise ConfigValueError("grad_sample_mode", mode, "must be one of hooks, ew, ghost, bk")
         self.params = [p for p in model.parameters() if p.requires_grad]
 
     def optimizer(
         self, base: torch.optim.Optimizer, *, noise_multiplier: float, expected_batch_size: float, rng: SecureRNG
     ) -> DPOptimizer:
         """The DP optimizer of this mode around ``base``."""
-        cls = SecureGhostDPOptimizer if self.mode == "ghost" else SecureDPOptimizer
-        return cls(
+        cls = {"ghost": SecureGhostDPOptimizer, "bk": SecureBookKeepingDPOptimizer}.get(self.mode, SecureDPOptimizer)
+        opt = cls(
             base, noise_multiplier=noise_multiplier, max_grad_norm=self.max_grad_norm,
             expected_batch_size=expected_batch_size, rng=rng,
         )  # fmt: skip
+        if isinstance(opt, SecureBookKeepingDPOptimizer):
+            opt.bookkeeping = self.gsm  # type: ignore[assignment]
+        return opt
 
     def set_hooks(self, on: bool) -> None:
         """Turn the wrapper's module hooks on (inside :func:`dp_sgd_train`) or off."""
@@ -228,10 +273,12 @@ class GradSampleWrapper:
 
     def empty_batch(self) -> None:
         """An empty Poisson batch: a zero clipped sum (the step still adds noise)."""
+        if isinstance(self.gsm, BookKeepingModule):
+            self.gsm.clear()
         for p in self.params:
             if self.mode == "ghost":
                 p.grad = torch.zeros_like(p)
-            else:
+            elif not (isinstance(self.gsm, BookKeepingModule) and self.gsm.book_kept(p)):
                 p.grad_sample = torch.zeros((0, *p.shape), dtype=p.dtype)
 
     def close(self) -> None:

@@ -5,10 +5,11 @@ sample-level DP-SGD, ``"federation"`` for client-level DP-FedAvg): its noise
 multiplier, sampling rate and number of steps, plus the subject's cumulative
 epsilon after it under PRV (with error bounds) and RDP.
 
-Entries are written *before* the mechanism's output leaves its owner, with an
-atomic write (temp file, fsync, rename), so a crash can only over-count spent
-budget, never lose it. Entries form a SHA-256 hash chain; loading verifies the
-chain and that no subject's epsilon ever goes down.
+Entries are written *before* the mechanism's output leaves its owner's process,
+with an atomic write (temp file, fsync, rename): at every record, or at ``sync()``
+under ``durability="deferred"`` (see :class:`PrivacyLedger`). A crash can only
+over-count spent budget, never lose a spend whose output was seen. Entries form a
+SHA-256 hash chain; loading verifies the chain and that no subject's epsilon ever goes down.
 
 Format version 2 binds every field that drives a privacy decision into the
 chain: the genesis hash is derived from the header's ``delta``, ``budget`` and
@@ -24,58 +25,25 @@ from __future__ import annotations
 import hashlib
 import json
 import math
-import numbers
-import operator
 import os
+import threading
 import time
-import warnings
 from pathlib import Path
 from typing import Any, Iterable
 
-import numpy as np
-
-from securefl._io import atomic_write_bytes
+from securefl._io import atomic_write_bytes, serialized
 from securefl.exceptions import AccountingError, BudgetExhaustedError, ConfigValueError, LedgerError
 from securefl.privacy import accounting
 from securefl.privacy.events import Mechanism
-from securefl.privacy.ledger_format import (
-    BOUND_FIELDS,
-    DEFAULT_DELTA,
-    FORMAT,
-    GENESIS_TAG,
-    HEADER_FIELDS,
-    VERSION,
-    check_entry,
-    header_problem,
-    real,
-    run_problem,
-)
+from securefl.privacy.ledger_format import BOUND_FIELDS, DEFAULT_DELTA, FORMAT, GENESIS_TAG, HEADER_FIELDS, VERSION
+from securefl.privacy.ledger_format import as_float, as_int, check_entry, header_problem, real, run_problem
 
+#: when :meth:`PrivacyLedger.record` persists: at once, or at :meth:`PrivacyLedger.sync`
+DURABILITY = ("record", "deferred")
 #: the PRV accountant is not run on a grid larger than this (segments x points;
 #: about 200 bytes and 1 microsecond per point)
 MAX_PRV_GRID_POINTS = 2**24
 BUDGET_SLACK = 1e-9
-
-
-def _as_int(value: Any) -> Any:
-    """An integer-like value (numpy integer, integral float) as an int; anything else unchanged."""
-    if isinstance(value, bool):
-        return value
-    if hasattr(value, "__index__"):
-        return operator.index(value)
-    if isinstance(value, float) and value.is_integer():
-        return int(value)
-    return value
-
-
-def _as_float(value: Any) -> Any:
-    """A real number (numpy scalars included) as a float; anything else unchanged."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Real):
-        return value
-    try:
-        return float(value)
-    except OverflowError:
-        return math.inf
 
 
 def _entry_hash(prev: str, body: dict[str, Any]) -> str:
@@ -90,21 +58,15 @@ def genesis(delta: float, budget: float | None, accountant: str) -> str:
 
 
 def prv_grid_points(history: Iterable[tuple[float, float, int]], delta: float, eps_error: float = 0.01) -> float:
-    """Grid points the PRV accountant allocates for ``history`` at ``delta``
-    (segments x domain size; its time and memory are linear in this). Mirrors
-    :func:`securefl.privacy.accounting.prv_epsilon` at a cost of a few RDP evaluations."""
+    """Grid points :func:`securefl.privacy.accounting.prv_epsilon` allocates for ``history``
+    at ``delta`` (segments x :func:`~securefl.privacy.accounting.prv_grid` size), cached."""
     h = accounting.normalize(history)
     if not h or any(sigma == 0 for sigma, _, _ in h):
         return 0.0  # answered without a grid
-    delta_error = delta / 1000
     try:
-        with warnings.catch_warnings(), np.errstate(all="ignore"):
-            warnings.simplefilter("ignore", RuntimeWarning)
-            half_width = accounting._prv_domain_size(h, eps_error, delta_error)
-    except (ArithmeticError, ValueError):
+        points = float(len(h) * accounting.prv_grid(h, eps_error, delta / 1000).size)  # nothing allocated
+    except (ArithmeticError, ValueError, RuntimeError):
         return math.inf
-    mesh = eps_error / math.sqrt(sum(n for _, _, n in h) * math.log(12 / delta_error) / 2)
-    points = len(h) * (2 * half_width / mesh + 2)
     return points if math.isfinite(points) else math.inf
 
 
@@ -127,6 +89,15 @@ class PrivacyLedger:
     existing file with entries, the values its chain binds are used; a different
     ``delta``, ``budget`` or ``accountant`` given here is refused (one left None
     is taken from the file). ``delta``, ``budget`` and ``accountant`` are read-only.
+
+    Durability: a spend is on disk before the output it pays for leaves the process.
+    ``durability="record"`` (default; e.g. a Flower client, whose update leaves over
+    the network right after) writes the file in every :meth:`record`. ``"deferred"``
+    appends in memory (same entries, hash chain and budget checks) and writes at
+    :meth:`sync`, which its owner calls before any output of the recorded runs leaves
+    the process (written, printed, sent, handed to a callback) and when it stops: a
+    process killed unsynced loses only spends whose outputs never left it (the
+    in-process simulation syncs after every round and when a round is interrupted).
     """
 
     def __init__(
@@ -136,7 +107,12 @@ class PrivacyLedger:
         delta: float | None = None,
         budget: float | None = None,
         accountant: str | None = None,
+        durability: str = "record",
     ) -> None:
+        if durability not in DURABILITY:
+            raise ConfigValueError("durability", durability, f"must be one of {', '.join(DURABILITY)}")
+        self._lock = threading.RLock()
+        self.durability, self._dirty = durability, False
         self.path = Path(path) if path is not None else None
         self.entries: list[dict[str, Any]] = []
         given = {"delta": delta, "budget": budget, "accountant": accountant}
@@ -235,6 +211,7 @@ class PrivacyLedger:
         return would_be
 
     # --------------------------------------------------------------- writes
+    @serialized
     def record(
         self,
         *,
@@ -246,12 +223,13 @@ class PrivacyLedger:
         steps: int,
         enforce_budget: bool = True,
     ) -> dict[str, Any]:
-        """Append one mechanism run and persist the ledger before returning."""
+        """Append one mechanism run; persist the ledger before returning (``durability="record"``)
+        or at the next :meth:`sync` (``"deferred"``)."""
         mechanism = mechanism.value if isinstance(mechanism, Mechanism) else mechanism
         # converted leniently (numpy scalars), then checked: float("x"), int(None) or
         # int(inf) never escape as TypeError, ValueError or OverflowError
-        round, steps = _as_int(round), _as_int(steps)
-        noise_multiplier, sample_rate = _as_float(noise_multiplier), _as_float(sample_rate)
+        round, steps = as_int(round), as_int(steps)
+        noise_multiplier, sample_rate = as_float(noise_multiplier), as_float(sample_rate)
         bad = run_problem(subject, round, mechanism, noise_multiplier, sample_rate, steps)
         if bad is not None:
             field, value, reason = bad
@@ -282,7 +260,10 @@ class PrivacyLedger:
         prev = self.entries[-1]["hash"] if self.entries else self.genesis
         entry = {**body, "prev": prev, "hash": _entry_hash(prev, body)}
         self.entries.append(entry)
-        self.save()
+        if self.durability == "record":
+            self.save()
+        else:
+            self._dirty = True
         return entry
 
     def to_dict(self) -> dict[str, Any]:
@@ -295,12 +276,20 @@ class PrivacyLedger:
             "entries": self.entries,
         }
 
+    @serialized
     def save(self) -> None:
         """Write the ledger atomically (:func:`securefl._io.atomic_write_bytes`), as
         ``json.dumps(self.to_dict(), indent=2)``; each entry is serialized once and
         its text reused while the entry (same object, same hash) is unchanged."""
         if self.path is not None:
             atomic_write_bytes(self.path, self.dumps().encode())
+        self._dirty = False
+
+    @serialized
+    def sync(self) -> None:
+        """Write the ledger if entries were recorded since the last write (no-op otherwise)."""
+        if self._dirty:
+            self.save()
 
     def dumps(self) -> str:
         """The file's text: byte for byte ``json.dumps(self.to_dict(), indent=2) + "\n"``."""

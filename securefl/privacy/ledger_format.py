@@ -4,6 +4,8 @@ and entry passes on load and before it is recorded. See :mod:`securefl.privacy.l
 from __future__ import annotations
 
 import math
+import numbers
+import operator
 from typing import Any
 
 from securefl.exceptions import LedgerError
@@ -28,6 +30,28 @@ ENTRY_FIELDS = frozenset(
 #: the accountants' arithmetic under- or overflows)
 NOISE_MULTIPLIER_RANGE = (1e-6, 1e6)
 MAX_STEPS = 10**9  #: per entry
+
+
+def as_int(value: Any) -> Any:
+    """An integer-like value (numpy integer, integral float) as an int; anything else unchanged."""
+    if isinstance(value, bool):
+        return value
+    if hasattr(value, "__index__"):
+        return operator.index(value)
+    if isinstance(value, float) and value.is_integer():
+        return int(value)
+    return value
+
+
+def as_float(value: Any) -> Any:
+    """A real number (numpy scalars included) as a float; anything else unchanged."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        return value
+    try:
+        return float(value)
+    except OverflowError:
+        return math.inf
+
 
 def real(value: Any) -> float | None:
     """``value`` as a float if it is a JSON number (not a bool), else None."""

@@ -1,4 +1,4 @@
-"""DP-SGD's grad-sample modes (hooks, ExpandedWeights, ghost clipping): the same
+"""DP-SGD's grad-sample modes (hooks, ExpandedWeights, ghost clipping, book-keeping): the same
 clipped gradient sum, the same accounting, and the wrapped model kept across rounds."""
 
 from __future__ import annotations
@@ -17,7 +17,7 @@ from securefl.models import build_model, get_flat
 from securefl.privacy.dpsgd import GRAD_SAMPLE_MODES, WrapperCache, choose_grad_sample_mode, dp_sgd_train
 from securefl.privacy.noise import SecureRNG
 
-MODES = ("hooks", "ew", "ghost")
+MODES = ("hooks", "ew", "ghost", "bk")
 SHAPE = (1, 8, 8)
 
 
@@ -69,10 +69,41 @@ def test_every_mode_gives_the_same_clipped_sum(name):
     assert float(ref.norm()) <= len(x) * clip + 1e-9
 
 
+class _SharedSequence(nn.Module):
+    """A linear layer over a sequence (T = 4) and one used twice, one without bias:
+    the book-keeping mode forms these per-sample gradients explicitly."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.seq, self.twice = nn.Linear(16, 6, bias=False), nn.Linear(6, 6)
+        self.out = nn.Linear(24, 10)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        h = torch.tanh(self.seq(x.reshape(len(x), 4, 16)))
+        return self.out(self.twice(torch.tanh(self.twice(h))).reshape(len(x), -1))
+
+
+@pytest.mark.filterwarnings("ignore::UserWarning")
+def test_book_keeping_with_sequences_and_a_reused_layer():
+    x, y = _batch()
+    base = _SharedSequence().double()
+    ref = _reference_clipped_sum(copy.deepcopy(base), x, y, 0.05)
+    for mode in ("bk", "auto"):
+        torch.testing.assert_close(_clipped_sum(copy.deepcopy(base), x, y, 0.05, mode), ref, rtol=1e-9, atol=1e-12)
+
+
+def test_book_keeping_refuses_tied_linear_weights():
+    tied = nn.Sequential(nn.Linear(4, 4), nn.Tanh(), nn.Linear(4, 4))
+    tied[2].weight = tied[0].weight
+    with pytest.raises(ConfigValueError, match="shares its parameters"):
+        WrapperCache().get(tied, "bk", 1.0)
+
+
 def test_auto_rule():
-    assert choose_grad_sample_mode(_model("logreg")) == "ew"  # one linear layer
-    assert choose_grad_sample_mode(_model("mlp")) == "ghost"
-    assert choose_grad_sample_mode(_model("cnn")) == "ew"
+    assert choose_grad_sample_mode(_model("logreg")) == "bk"
+    assert choose_grad_sample_mode(_model("mlp")) == "bk"
+    assert choose_grad_sample_mode(_model("cnn")) == "bk"
+    assert choose_grad_sample_mode(nn.Sequential(nn.Conv2d(1, 2, 3), nn.GroupNorm(1, 2))) == "ew"  # no linear layer
     assert choose_grad_sample_mode(nn.Sequential(nn.Linear(3, 3), nn.PReLU())) == "hooks"
 
 

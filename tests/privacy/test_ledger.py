@@ -445,21 +445,21 @@ def test_record_refuses_a_prv_grid_beyond_the_limit(tmp_path):
 )
 def test_prv_grid_points_matches_the_accountant(history, monkeypatch):
     # the cost guard must predict what accounting.prv_epsilon really allocates
-    from opacus.accountants.analysis.prv import Domain
+    from securefl.privacy import prv
 
     sizes = []
-    real = Domain.create_aligned.__func__
+    real = prv.self_composed
 
-    def spy(cls, t_min, t_max, dt):
-        d = real(cls, t_min, t_max, dt)
-        sizes.append(d.size)
-        return d
+    def spy(q, sigma, domain, steps):
+        composed = real(q, sigma, domain, steps)
+        sizes.append(len(composed.pmf))
+        return composed
 
-    monkeypatch.setattr(Domain, "create_aligned", classmethod(spy))
-    A.prv_epsilon.cache_clear()
+    monkeypatch.setattr(prv, "self_composed", spy)
+    A.clear_caches()
     A.prv_epsilon(A.normalize(history), DELTA)
-    assert len(sizes) == 1
-    assert L.prv_grid_points(history, DELTA) == pytest.approx(len(history) * sizes[0], rel=0.01)
+    assert len(sizes) == len(history)
+    assert L.prv_grid_points(history, DELTA) == sum(sizes)
 
 
 # ---------------------------------------------------------- cost of recording (issue 15)

@@ -85,6 +85,20 @@ def test_add_masks_equals_one_add_mask_after_another(dtype, size):
     assert np.array_equal(got, expected) and not np.array_equal(got, start)
 
 
+
+@pytest.mark.parametrize("dtype", [np.uint32, np.uint64])
+@pytest.mark.parametrize("size", [3, 4, 5, 7, 8, 9, CHUNK // 8 + 1])
+def test_add_masks_across_the_ctr_head_and_gcm_stream(dtype, size):
+    """Vectors ending before, at and after the 32 CTR bytes that precede the GCM
+    keystream (masking.py takes counter blocks 2, 3, ... from AES-GCM)."""
+    masks = [(bytes([7 + i]) * 32, b"head", i == 1) for i in range(3)]
+    expected = np.zeros(size, dtype=dtype)
+    for seed, info, subtract in masks:
+        P.add_mask(expected, seed, info, subtract=subtract)
+    got = np.zeros(size, dtype=dtype)
+    add_masks(got, masks)
+    assert np.array_equal(got, expected) and np.count_nonzero(got) == size
+
 def test_agree_many_equals_agree_and_refuses_bad_keys():
     sk, _ = P.x25519_keypair()
     peers = [P.x25519_keypair()[1] for _ in range(4)]
