@@ -27,6 +27,7 @@ from torch import nn
 
 from securefl.aggregation.robust import BYZANTINE_BOUNDS, min_clients
 from securefl.aggregation.root import RootReference
+from securefl.aggregation.staleness import StalenessPolicy
 from securefl.client import SecureClient, local_schedule
 from securefl.config import DPMode, ProtectConfig, RunConfig
 from securefl.crypto.hazmat import ckks as hz
@@ -40,6 +41,8 @@ from securefl.privacy.calibration import noise_multiplier_for
 from securefl.privacy.ledger import PrivacyLedger
 from securefl.privacy.noise import SecureRNG
 from securefl.protections import PROTECTIONS
+from securefl.protections.compressed import compressed_client, compressed_server
+from securefl.protections.threaded import exchange_factory
 from securefl.protections.ckks import DEFAULT_MAX_WEIGHT, CKKSSettings, max_update_bytes
 from securefl.runtime import apply_thread_policy
 from securefl.server import SecureServer
@@ -87,7 +90,7 @@ def noise_plan(config: RunConfig, sizes: dict[str, int] | None = None) -> NoiseP
         plan = {}
         for cid, n in (sizes or {}).items():
             q, steps = local_schedule(config.client, n, config.server.algorithm)
-            key = (q, config.server.rounds * steps)
+            key = (q, config.planned_updates * steps)
             if key not in solved:
                 solved[key] = noise_multiplier_for(dp, sample_rate=q, steps=key[1])
             plan[cid] = solved[key]
@@ -141,7 +144,8 @@ def secagg_settings(config: RunConfig, noise: NoisePlan | None = None) -> SecAgg
     z = 0.0
     if p.secagg_distributed_dp:
         z = (noise if noise is not None and noise.client_level is not None else noise_plan(config)).client_level
-    settings = _secagg_fields(p, clip=clip, max_weight=1.0 if client_dp else p.secagg_max_weight, noise_multiplier=z)
+    max_weight = 1.0 if client_dp else p.secagg_max_weight
+    settings = _secagg_fields(p, clip=clip, max_weight=max_weight, noise_multiplier=z, l2_clip=client_dp)
     if p.min_clients > config.clients:
         raise ConfigValueError(
             "min_clients", p.min_clients, f"exceeds the federation's {config.clients} clients; no round could release a sum"
@@ -154,6 +158,7 @@ def _secagg_fields(p: ProtectConfig, **overrides: Any) -> SecAggSettings:
     fields = dict(
         clip=p.secagg_clip, max_weight=p.secagg_max_weight, bits=p.secagg_bits, threshold=p.secagg_threshold,
         neighbors=p.secagg_neighbors, malicious=p.secagg_malicious, min_clients=p.min_clients,
+        quant_bits=p.compression.bits or 0,
     )
     return SecAggSettings(**{**fields, **overrides})
 
@@ -310,13 +315,14 @@ def noise_rng(config: RunConfig, context: str) -> SecureRNG:
     return SecureRNG.from_seed(config.seed, context) if config.dp.reproducible_noise else SecureRNG()
 
 
-def _ledger(config: RunConfig, out_dir: Path | None, resume: bool = False) -> PrivacyLedger:
+def _ledger(config: RunConfig, out_dir: Path | None, resume: bool = False, durability: str = "record") -> PrivacyLedger:
     """A new run's ledger (on disk as ``out_dir/ledger.json`` when there is one); a
     resumed run keeps its ledger, whose hash chain binds delta, budget and accountant."""
     path = out_dir / "ledger.json" if out_dir is not None else None
     if path is not None and path.exists() and not resume:
         path.unlink()  # a new run starts a new ledger
-    ledger = PrivacyLedger(path, delta=config.dp.delta, budget=config.dp.epsilon, accountant=config.dp.accountant)
+    dp = config.dp
+    ledger = PrivacyLedger(path, delta=dp.delta, budget=dp.epsilon, accountant=dp.accountant, durability=durability)
     ledger.save()
     return ledger
 
@@ -337,7 +343,7 @@ def _guard(client_id: str, out_dir: Path | None, resume: bool = False) -> RoundG
 
 def build(
     config: RunConfig, *, data: Any = None, model: Callable[..., nn.Module] | None = None,
-    out_dir: str | Path | None = None, resume: bool = False,
+    out_dir: str | Path | None = None, resume: bool = False, ledger_durability: str = "record",
 ) -> Federation:
     """Turn ``config`` into a federation ready to run (see the module docstring).
 
@@ -345,8 +351,8 @@ def build(
     factory (see :func:`securefl.models.build_model`), the named model; both are
     checked (:func:`check_model_fits`) before anything is written. ``out_dir`` holds
     the ledger and the clients' round memories (in memory only when None); ``resume``
-    keeps both as they are on disk instead of starting new ones. Applies the thread
-    policy (:func:`securefl.runtime.apply_thread_policy`)."""
+    keeps both as they are on disk instead of starting new ones (``ledger_durability``: a caller
+    that syncs the ledger may pass ``"deferred"``, see :class:`PrivacyLedger`). Applies the thread policy."""
     _check_fields(config)
     apply_thread_policy()
     c = config
@@ -360,7 +366,7 @@ def build(
     ids = [f"client-{k}" for k in range(len(parts))]
     noise = noise_plan(c, {cid: len(idx) for cid, idx in zip(ids, parts)})
     settings = protection_settings(c, noise)
-    ledger = _ledger(c, out, resume)
+    ledger = _ledger(c, out, resume, ledger_durability)
     identities = [Identity.generate(cid) for cid in ids]
     # the operator hands every client the roster out of band (never through the server)
     roster = Roster.of(identities)
@@ -373,16 +379,22 @@ def build(
     clients = [
         SecureClient(
             cid, data.x_train[idx], data.y_train[idx], model_fn=model_fn, task=data.task, config=c.client, dp=c.dp,
-            planned_rounds=c.server.rounds, ledger=ledger, algorithm=c.server.algorithm, rng=noise_rng(c, cid),
+            planned_rounds=c.planned_updates, ledger=ledger, algorithm=c.server.algorithm, rng=noise_rng(c, cid),
+            staleness=StalenessPolicy.of(c.schedule),
             seed=c.seed, guard=guard, noise_multiplier=noise.sample_level.get(cid),
-            protection=spec.client(settings, cid, noise_rng(c, f"protect-{cid}"), identity=identity, roster=roster, guard=guard),
+            protection=compressed_client(
+                c, spec.client(settings, cid, noise_rng(c, f"protect-{cid}"), identity=identity, roster=roster, guard=guard)
+            ),
         )
         for cid, idx, identity, guard in zip(ids, parts, identities, guards)
     ]
     server = SecureServer(
         model_fn(), config=c.server, dp=c.dp, num_clients=c.clients, ledger=ledger, task=data.task,
-        protection=spec.server(settings, noise_rng(c, "protect-server"), roster=roster),
+        protection=compressed_server(c, spec.server(settings, noise_rng(c, "protect-server"), roster=roster)),
         eval_data=(data.x_test, data.y_test), rng=noise_rng(c, "server"), noise_multiplier=noise.client_level,
         reference=root_reference(c, data.x_train, data.y_train, model_fn, data.task),
+        cohort=c.schedule.buffer if c.schedule.asynchronous else None,
     )
+    if c.server.workers > 1:  # each protocol stage's clients on threads, same results
+        server.exchange_type = exchange_factory(c.server.workers)
     return Federation(c, data, parts, ledger, identities, roster, guards, noise, settings, clients, server, sources)

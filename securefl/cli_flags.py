@@ -61,6 +61,21 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     g.add_argument("--secagg-malicious", action="store_const", const=True, default=S, help="signed keys + consistency check")
     g.add_argument("--secagg-distributed-dp", action="store_const", const=True, default=S,
                    help="with --dp client: clients add the DP noise in shares, so nobody sees an un-noised sum")
+    g = p.add_argument_group("update compression (securefl.config.compression)")
+    g.add_argument("--compress", default=S,
+                   help="none | randk:FRACTION (same public coordinates for every client each round) | quant:BITS "
+                   "(secagg: stochastic rounding to 2^BITS steps, narrower ring) | randk:F+quant:B (none)")
+    g.add_argument("--no-error-feedback", dest="error_feedback", action="store_const", const=False, default=S,
+                   help="randk: drop the unsent coordinates instead of adding them to the next update")
+    g = p.add_argument_group("asynchronous aggregation and simulated client speeds")
+    g.add_argument("--mode", default=S, help="sync | async: FedBuff buffers; --rounds then counts server updates (sync)")
+    g.add_argument("--buffer", type=int, default=S, help="async: updates aggregated per server step, one secagg/CKKS cohort (5)")
+    g.add_argument("--concurrency", type=int, default=S, help="async: clients training at once (2 x buffer)")
+    g.add_argument("--staleness-weight", default=S, help="async: sqrt (1/sqrt(1+s)) | inverse (1/(1+s)) | constant (sqrt)")
+    g.add_argument("--max-staleness", type=int, default=S, help="async: older updates are refused and counted (8)")
+    g.add_argument("--max-updates", type=int, default=S, help="async with --dp sample: updates each client's budget covers (rounds)")
+    g.add_argument("--latency-spread", type=float, default=S, help="simulated: slowest client's mean task time over the fastest's (1)")
+    g.add_argument("--latency-jitter", type=float, default=S, help="simulated: log-normal sigma of one task's time (0)")
     g = p.add_argument_group("local training")
     g.add_argument("--local-epochs", type=float, default=S)
     g.add_argument("--batch-size", type=int, default=S)
@@ -91,6 +106,8 @@ def add_train_flags(p: argparse.ArgumentParser) -> None:
     )
     g = p.add_argument_group("run")
     g.add_argument("--seed", type=int, default=S)
+    g.add_argument("--workers", type=int, default=S,
+                   help="clients trained and answered in parallel threads; same results as 1, torch threads are split among them (1)")
     g.add_argument("--config", type=Path, default=None, help="TOML file of settings (flags override it)")
     g.add_argument("--out", type=Path, default=Path("runs/latest"), help="output folder (runs/latest)")
     g.add_argument("--no-progress", action="store_true", help="no progress bar")

@@ -3,8 +3,9 @@
 A client receives the global model as bytes, trains on its own data, and
 returns bytes. With sample-level DP it owns its privacy: it solves its noise
 multiplier from its budget, records every round's spend in the ledger *before*
-training (so a crash can only over-count), and refuses a round that would take it
-over budget (:class:`~securefl.exceptions.BudgetExhaustedError`).
+training (on disk before the update leaves the process: at once, or at the
+simulation's per-round sync; so a crash can only over-count), and refuses a round
+that would take it over budget (:class:`~securefl.exceptions.BudgetExhaustedError`).
 
 What leaves the client (the CLIENT_UPDATE header and the sealed counters) is fixed
 per privacy mode, never chosen by the server:
@@ -38,7 +39,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any, Callable
+from typing import Any, Callable, Protocol
 
 import torch
 import torch.nn.functional as F
@@ -74,6 +75,14 @@ def local_schedule(config: ClientConfig, num_samples: int, algorithm: str = "fed
         return sample_rate, 1
     steps = config.local_steps or steps_per_round(config.local_epochs, sample_rate)
     return sample_rate, steps
+
+
+class StalenessRule(Protocol):
+    """A client's rule for asynchronous work (:class:`securefl.fedbuff.StalenessPolicy`)."""
+
+    def factor(self, staleness: object) -> float:
+        """The weight in (0, 1] of an update ``staleness`` server steps old, or
+        :class:`~securefl.exceptions.ProtocolError` if the client refuses it."""
 
 
 @dataclass(frozen=True)
@@ -130,6 +139,7 @@ class SecureClient:
         seed: int = 0,
         guard: RoundGuard | None = None,
         noise_multiplier: float | None = None,
+        staleness: StalenessRule | None = None,
     ) -> None:
         if len(x) != len(y) or len(x) == 0:
             raise ConfigValueError("x", len(x), f"client {client_id} needs matching, non-empty x and y (y has {len(y)})")
@@ -145,6 +155,8 @@ class SecureClient:
         self.rng = rng or SecureRNG()
         self.seed = seed
         self.guard = guard if guard is not None else RoundGuard()
+        #: asynchronous aggregation: this client's bound on, and weight for, stale work
+        self.staleness = staleness
         self.ledger = ledger or PrivacyLedger(None, delta=dp.delta, budget=dp.epsilon, accountant=dp.accountant)
         self.sample_rate, self.local_steps = local_schedule(config, len(x), algorithm)
         self.noise_multiplier: float | None = None
@@ -291,12 +303,27 @@ class SecureClient:
         if dim != self.dim:
             raise ProtocolError(f"GLOBAL_MODEL dim={dim} differs from this client's model size {self.dim}")
         clip = self._client_clip(msg.header)
+        factor = self._staleness_factor(msg.header)
         weights = wire.bytes_to_vector(msg.payload, dim)
         self.guard.advance("fit", round_)  # persisted before anything is computed
         self.protection.begin(msg.header)
         result = self.train(weights, round_)
         update, aux = self._release(result, clip)
+        if factor != 1.0:
+            update = update * factor  # w(s) <= 1: never beyond the clip
         return self.protection.seal(update, aux, self._header(round_, dim, result))
+
+    def _staleness_factor(self, header: dict[str, Any]) -> float:
+        """The weight of this (asynchronous) update, from this client's own rule:
+        a staleness above its bound, or one sent to a synchronous client, is refused."""
+        sent = header.get("staleness")
+        if self.staleness is None:
+            if sent is not None:
+                raise ProtocolError(f"staleness={sent!r} sent to client {self.client_id}, which runs synchronous rounds")
+            return 1.0
+        if sent is None:
+            raise ProtocolError(f"staleness missing; client {self.client_id} runs asynchronous aggregation")
+        return self.staleness.factor(sent)
 
     def _client_clip(self, header: dict[str, Any]) -> float | None:
         """The client-level clip to apply: decided by this client's own ``dp`` config;

@@ -36,7 +36,7 @@ from securefl.privacy.client_dp import AdaptiveClipper
 from securefl.privacy.events import FEDERATION
 from securefl.privacy.ledger import PrivacyLedger
 from securefl.privacy.noise import SecureRNG
-from securefl.protections.base import ClientLike, Exchange, Plaintext, ServerProtection
+from securefl.protections.base import ClientLike, Exchange, GlobalMessage, Plaintext, ServerProtection
 from securefl.server_opt import make_server_optimizer
 from securefl.transport import wire
 
@@ -62,9 +62,14 @@ class RoundResult:
     clip: float | None = None
     aborted: str | None = None
     protection: dict[str, Any] = field(default_factory=dict)
+    #: simulated time and staleness (asynchronous buffers, or a latency model)
+    schedule: dict[str, Any] = field(default_factory=dict)
 
     def as_dict(self) -> dict[str, Any]:
-        return dict(self.__dict__)
+        row = dict(self.__dict__)
+        if not row["schedule"]:
+            del row["schedule"]
+        return row
 
 
 #: protection statistics fixed by the run's settings, whoever takes part in a round
@@ -109,6 +114,7 @@ def release_round(row: dict[str, Any], *, expected_clients: float) -> dict[str, 
     for key in ("refused", "dropped", "bytes_up", "bytes_down"):
         withhold(key)
     withhold("seconds", "wall time grows with the number of participants")
+    withhold("schedule", "simulated arrival times and staleness depend on who took part")
     out["participants"] = float(expected_clients)
     out["participants_released"] = "expected"
     stats = dict(out.get("protection") or {})
@@ -141,6 +147,8 @@ class SecureServer:
         noise_multiplier: client-level DP's z when the caller solved it
             (:mod:`securefl.build` does); otherwise it is solved here by the same
             function, :func:`securefl.privacy.calibration.noise_multiplier_for`.
+        cohort: the buffer size K of asynchronous aggregation (:mod:`securefl.fedbuff`):
+            client-level DP's denominator, with sampling rate 1 in the accounting.
     """
 
     #: the round's traffic; a networked transport substitutes a subclass that delivers
@@ -164,6 +172,7 @@ class SecureServer:
         rng: SecureRNG | None = None,
         reference: Callable[[torch.Tensor, int], torch.Tensor] | None = None,
         noise_multiplier: float | None = None,
+        cohort: int | None = None,
     ) -> None:
         self.model = model
         self.config = config
@@ -190,8 +199,12 @@ class SecureServer:
             )
         self.reference = reference
         self.previous_update: torch.Tensor | None = None
-        self.client_rate = config.fraction
-        self.expected_clients = max(1e-12, config.fraction * num_clients)
+        #: indices of the clients the last synchronous round sampled
+        self.last_sample: list[int] = []
+        # an asynchronous buffer of ``cohort`` arrivals is no secret Poisson sample:
+        # DP-FedAvg then divides by the buffer size and claims no amplification
+        self.client_rate = config.fraction if cohort is None else 1.0
+        self.expected_clients = max(1e-12, config.fraction * num_clients) if cohort is None else float(cohort)
         self.aggregation = self._aggregation(noise_multiplier)
         if "reference" in self.aggregator.needs and reference is None:
             raise ConfigValueError(
@@ -264,16 +277,29 @@ class SecureServer:
         return {c.client_id: 1 + self.rng.below(stages) for c in chosen if self.rng.uniform(1)[0] < p}
 
     # ------------------------------------------------------------ one round
-    def global_message(self, round_: int) -> bytes:
+    def global_message(
+        self, round_: int, weights: torch.Tensor | None = None, extra: dict[str, Any] | None = None
+    ) -> bytes:
+        """The GLOBAL_MODEL message of ``round_``: the current weights (or ``weights``,
+        an earlier version, for an asynchronous client) with the round's header."""
         header: dict[str, Any] = {"round": round_, "dim": int(self.weights.numel()), **self.aggregation.header()}
-        return wire.encode(wire.Kind.GLOBAL_MODEL, header, wire.vector_to_bytes(self.weights))
+        payload = self.weights if weights is None else weights
+        return wire.encode(wire.Kind.GLOBAL_MODEL, {**header, **(extra or {})}, wire.vector_to_bytes(payload))
 
     def run_round(self, round_: int, clients: Sequence[ClientLike]) -> RoundResult:
         """Sample, broadcast, collect, aggregate, step, evaluate."""
+        self.last_sample = self.sample()
+        chosen = [clients[i] for i in self.last_sample]
+        return self.run_cohort(round_, clients, chosen, self.global_message(round_))
+
+    def run_cohort(
+        self, round_: int, clients: Sequence[ClientLike], chosen: Sequence[ClientLike], down: GlobalMessage
+    ) -> RoundResult:
+        """One aggregation over ``chosen`` (a sampled round, or an asynchronous buffer
+        whose members each get their own GLOBAL_MODEL in ``down``): collect,
+        aggregate, step, evaluate. ``clients`` is the federation (for the set-up)."""
         t0 = time.perf_counter()
         setup_up, setup_down = self._setup(clients)
-        chosen = [clients[i] for i in self.sample()]
-        down = self.global_message(round_)
         exchange = self.exchange_type(round_, self.draw_dropouts(chosen))
         dim = int(self.weights.numel())
         clip_used = self.aggregation.clip

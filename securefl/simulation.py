@@ -2,9 +2,11 @@
 
 Builds the federation from one :class:`~securefl.config.RunConfig` through the
 composition root (:func:`securefl.build.build`), runs the rounds, and writes
-``metrics.json`` (after every round, atomically), ``ledger.json`` (before every
-update leaves a client) and ``accuracy.png``. Client and server still exchange
-bytes, so ``bytes_up``/``bytes_down`` are what a network would carry.
+``metrics.json`` (after every round, atomically), ``ledger.json`` and ``accuracy.png``.
+Clients and server share one ledger in one process, so it is written once per round
+(``durability="deferred"``): after the round, before anything of it is written out,
+printed or handed to ``on_round``, and when a round is interrupted. Client and
+server still exchange bytes, so ``bytes_up``/``bytes_down`` are what a network would carry.
 
 metrics.json holds what the server may publish (:meth:`SecureServer.release`): under
 ``dp="client"`` nothing from which the exact number of participants follows. The
@@ -31,6 +33,7 @@ from securefl.client import SecureClient
 from securefl.config import DPMode, RunConfig
 from securefl.data import FederatedData, summarize
 from securefl.exceptions import ConfigValueError
+from securefl.fedbuff import BufferedAsync, LatencyModel
 from securefl.privacy.events import FEDERATION
 from securefl.privacy.ledger import PrivacyLedger
 from securefl.server import COUNT_REASON, RoundResult, SecureServer
@@ -76,7 +79,9 @@ class Simulation:
             self.out_dir.mkdir(parents=True, exist_ok=True)
             checkpoint.write_run_file(self.out_dir, config.to_flat())  # before the ledger exists
         try:
-            fed = build(config, data=data, model=model, out_dir=self.out_dir, resume=resume)
+            fed = build(
+                config, data=data, model=model, out_dir=self.out_dir, resume=resume, ledger_durability="deferred"
+            )
         except BaseException:
             if fresh:  # a run that never started leaves nothing behind
                 _abandon(self.out_dir, remove_dir=not existed)
@@ -90,6 +95,14 @@ class Simulation:
         self.results: list[RoundResult] = []
         #: rounds completed, the protocol round number last used, seconds run before a resume
         self.completed, self.protocol_round, self._seconds_before = 0, 0, 0.0
+        sched = config.schedule
+        self.latency = LatencyModel.of(sched, len(self.clients), config.seed)
+        #: simulated time (with a latency model): the end of the last round or buffer
+        self.sim_time = 0.0
+        self.engine: BufferedAsync | None = None
+        if sched.asynchronous:
+            assert self.latency is not None
+            self.engine = BufferedAsync(self.server, self.clients, sched, self.latency, self.server.rng)
 
     @classmethod
     def resume(cls, out_dir: str | Path, *, data: FederatedData | None = None) -> "Simulation":
@@ -108,6 +121,8 @@ class Simulation:
 
         out = Path(out_dir)
         config = RunConfig.from_flat(checkpoint.read_run_file(out))
+        if config.schedule.asynchronous:
+            raise ConfigValueError("resume", str(out), "--resume continues synchronous runs; this one ran --mode async")
         sim = cls(config, out_dir=out, data=data, resume=True)
         sim._restore(checkpoint.load(out))
         return sim
@@ -132,15 +147,22 @@ class Simulation:
         start = time.perf_counter() - self._seconds_before
         for k in range(self.completed + 1, c.server.rounds + 1):
             self.protocol_round += 1
-            res = self.server.run_round(self.protocol_round, self.clients)
+            try:
+                res = self._one_round()
+            finally:  # the round's spends on disk before anything of it leaves the process
+                self.ledger.sync()
+            if res is None:
+                break  # asynchronous: no client left to dispatch (every budget spent)
             self.results.append(res)
             row = self.server.release(res)
             if self.protocol_round != k:
                 row = {**row, "round": k, "protocol_round": self.protocol_round}
             self.rounds.append(row)
             self.completed = k
-            if self.out_dir is not None:
+            if self.out_dir is not None and self.engine is None:
                 self._checkpoint(time.perf_counter() - start)
+            elif self.out_dir is not None:
+                atomic_write_json(self.out_dir / "metrics.json", self.metrics(time.perf_counter() - start))
             if on_round is not None:
                 on_round(res)
         metrics = self.metrics(time.perf_counter() - start)
@@ -148,6 +170,17 @@ class Simulation:
             atomic_write_json(self.out_dir / "metrics.json", metrics)
             plot_run(metrics, self.out_dir / "accuracy.png")
         return RunResult(metrics, self.server, self.clients, self.ledger, list(self.results))
+
+    def _one_round(self) -> RoundResult | None:
+        """A synchronous round (timed by the latency model, if any: it lasts as long
+        as its slowest sampled client), or the next asynchronous buffer."""
+        if self.engine is not None:
+            return self.engine.flush(self.protocol_round)
+        res = self.server.run_round(self.protocol_round, self.clients)
+        if self.latency is not None:
+            self.sim_time += max((self.latency.duration(i) for i in self.server.last_sample), default=0.0)
+            res.schedule = {"sim_time": round(self.sim_time, 6)}
+        return res
 
     def _checkpoint(self, seconds: float) -> None:
         """The state after a completed round, then the metrics that publish it."""
@@ -197,6 +230,18 @@ class Simulation:
             final["withheld"].append({"field": "partition", "reason": "statistics of the clients' private data"})
         return {"config": {**c.to_flat(), **self.federation.sources}, "rounds": self.rounds, "final": final, "partition": partition}
 
+    def _per_client_round(self) -> dict[str, Any]:
+        """Mean bytes each contributing client sent and received per round or buffer
+        (set-up included), and the simulated time the run took, if simulated."""
+        taken = sum(r["participants"] for r in self.rounds) or None
+        out = {
+            f"bytes_{way}_per_client_round": None if taken is None else round(sum(r[f"bytes_{way}"] for r in self.rounds) / taken, 1)
+            for way in ("up", "down")
+        }
+        if self.rounds and "schedule" in self.rounds[-1]:
+            out["sim_time"] = self.rounds[-1]["schedule"]["sim_time"]
+        return out
+
     def _totals(self, seconds: float) -> dict[str, Any]:
         """Run totals; under ``dp="client"`` the count-dependent ones are withheld (null)."""
         if self.config.dp.mode is not DPMode.CLIENT:
@@ -205,6 +250,7 @@ class Simulation:
                 "dropouts": sum(len(r.dropped) for r in self.results),
                 "bytes_up": sum(r.bytes_up for r in self.results),
                 "bytes_down": sum(r.bytes_down for r in self.results),
+                **self._per_client_round(),
                 "seconds": round(seconds, 3),
             }
         keys = ("refusals", "dropouts", "bytes_up", "bytes_down")

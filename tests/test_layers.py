@@ -39,7 +39,7 @@ LAYERS: list[tuple[int, str, tuple[str, ...]]] = [
     (4, "client", ("securefl.client",)),
     (4, "server", ("securefl.server",)),
     (5, "build", ("securefl.build",)),
-    (6, "simulation", ("securefl.simulation", "securefl.checkpoint")),
+    (6, "simulation", ("securefl.simulation", "securefl.checkpoint", "securefl.fedbuff")),
     (6, "flower", ("securefl.transport.flower",)),
     (7, "cli", ("securefl", "securefl.cli", "securefl.__main__")),
 ]

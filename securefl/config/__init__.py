@@ -16,6 +16,7 @@ running a config (:func:`securefl.build.build`, the simulation, the CLI) calls.
 
 
 from securefl.config.parts import ClientConfig, DPConfig, ProtectConfig, ServerConfig
+from securefl.config.schedule import ScheduleConfig
 from securefl.config.run import _SUBCONFIGS, TOML_SECTIONS, RunConfig
 from securefl.config.vocab import (
     ACCOUNTANTS,
@@ -35,5 +36,5 @@ from securefl.config.vocab import (
 __all__ = [
     "ACCOUNTANTS", "AGGREGATOR_NAMES", "ALGORITHMS", "CLIENT_OPTIMIZERS", "DATASET_NAMES", "DP_MODES",
     "MODEL_NAMES", "PARTITION_NAMES", "PROTECT_NAMES", "SAMPLINGS", "SERVER_OPT_NAMES", "TOML_SECTIONS",
-    "ClientConfig", "DPConfig", "DPMode", "ProtectConfig", "RunConfig", "ServerConfig", "_SUBCONFIGS",
+    "ClientConfig", "DPConfig", "DPMode", "ProtectConfig", "RunConfig", "ScheduleConfig", "ServerConfig", "_SUBCONFIGS",
 ]

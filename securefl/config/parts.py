@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from securefl.config.compression import CompressionSpec
 from securefl.exceptions import ConfigTypeError, ConfigValueError
 from securefl.validators import check_bool as _bool
 from securefl.validators import check_choice as _choice
@@ -155,6 +156,9 @@ class ServerConfig:
     clip_radius: float | None = None
     cc_iterations: int = 3
     root_size: int = 100
+    #: client threads per protocol stage in the simulation (1: one client after the
+    #: other); the results are the serial run's (securefl.protections.threaded)
+    workers: int = 1
 
     def __post_init__(self) -> None:
         _int("rounds", self.rounds, 1, 100_000)
@@ -175,6 +179,7 @@ class ServerConfig:
             _float("clip_radius", self.clip_radius, 0.0, lo_open=True)
         _int("cc_iterations", self.cc_iterations, 1, 1000)
         _int("root_size", self.root_size, 1)
+        _int("workers", self.workers, 1, 1024)
 
 
 @dataclass(frozen=True)
@@ -209,6 +214,10 @@ class ProtectConfig:
     secagg_malicious: bool = False  #: signed keys + consistency check (malicious server)
     secagg_distributed_dp: bool = False  #: dp='client': clients add the noise in shares (no central noise)
 
+    # --- update compression (securefl.config.compression, securefl.protections.compressed)
+    compress: str = "none"  #: none | randk:FRACTION | quant:BITS | randk:FRACTION+quant:BITS
+    error_feedback: bool = True  #: randk: add the unsent coordinates to the next update
+
     def __post_init__(self) -> None:
         _int("min_clients", self.min_clients, 2, 1_000_000)
         for name in ("ckks_preset", "ckks_encryption"):
@@ -226,5 +235,12 @@ class ProtectConfig:
         _int("secagg_neighbors", self.secagg_neighbors)
         _bool("secagg_malicious", self.secagg_malicious)
         _bool("secagg_distributed_dp", self.secagg_distributed_dp)
+        CompressionSpec.parse(self.compress)
+        _bool("error_feedback", self.error_feedback)
+
+    @property
+    def compression(self) -> CompressionSpec:
+        """``compress`` parsed."""
+        return CompressionSpec.parse(self.compress)
 
 

@@ -12,6 +12,7 @@ from securefl.validators import check_float as _float
 from securefl.validators import check_int as _int
 
 from securefl.config.parts import ClientConfig, DPConfig, ProtectConfig, ServerConfig
+from securefl.config.schedule import ScheduleConfig
 from securefl.config.vocab import DATASET_NAMES, MODEL_NAMES, PARTITION_NAMES, PROTECT_NAMES, DPMode
 from securefl.userspec import SPEC_FORM, check_spec, is_user_spec
 
@@ -43,6 +44,7 @@ class RunConfig:
     client: ClientConfig = field(default_factory=ClientConfig)
     server: ServerConfig = field(default_factory=ServerConfig)
     protection: ProtectConfig = field(default_factory=ProtectConfig)
+    schedule: ScheduleConfig = field(default_factory=ScheduleConfig)
 
     def __post_init__(self) -> None:
         _name_or_spec("dataset", self.dataset, DATASET_NAMES)
@@ -62,16 +64,26 @@ class RunConfig:
                 raise ConfigTypeError(name, getattr(self, name), f"must be a {cls.__name__}")
         self._check_client_dp()
         self._check_cohort()
+        self._check_compression()
+        self._check_schedule()
 
     @property
     def expected_cohort(self) -> int:
         """Clients in a round under fixed sampling (at least one)."""
         return max(1, round(self.server.fraction * self.clients))
 
+    @property
+    def planned_updates(self) -> int:
+        """Updates each client's sample-level budget is solved for: one per round, or
+        under asynchronous aggregation ``max_updates`` (default ``rounds``: a client
+        is in at most one buffer per server update)."""
+        s = self.schedule
+        return s.max_updates if s.asynchronous and s.max_updates is not None else self.server.rounds
+
     def _check_client_dp(self) -> None:
         """Rules that client-level DP and its distributed form put on the rest of the run."""
         client_dp = self.dp.mode is DPMode.CLIENT
-        if client_dp and self.server.sampling == "fixed" and self.server.fraction < 1.0:
+        if client_dp and not self.schedule.asynchronous and self.server.sampling == "fixed" and self.server.fraction < 1.0:
             raise ConfigValueError(
                 "sampling",
                 "fixed",
@@ -101,6 +113,34 @@ class RunConfig:
                 "DP-FedAvg calibrates its noise to the sum of clipped updates; use aggregator 'mean' with dp='client'",
             )
 
+    def _check_compression(self) -> None:
+        """``--compress``: quantization shrinks secure aggregation's ring only, and
+        error feedback is refused where DP could not account for it
+        (:mod:`securefl.config.compression`)."""
+        p = self.protection
+        spec = p.compression
+        if spec.bits is not None and self.protect != "secagg":
+            why = {
+                "ckks": "CKKS encodes one value per slot at the ring's fixed scale; packing several quantized "
+                "values per slot is not implemented (use randk:F, which sends fewer ciphertexts)",
+                "none": "plaintext updates travel as float32; quantization shrinks secure aggregation's ring (--protect secagg)",
+            }.get(self.protect, "quantization is implemented for --protect secagg only")
+            raise ConfigValueError("compress", p.compress, why)
+        if spec.bits is not None and self.dp.adaptive_clip:
+            why = "not with --adaptive-clip: the rounding margin is taken off a fixed clip S (securefl.crypto.secagg.common.clip_input)"
+            raise ConfigValueError("compress", p.compress, why)
+        if spec.bits is not None and p.secagg_distributed_dp:
+            why = "not with --secagg-distributed-dp: the noise share is calibrated to a fine grid (S + sqrt(d) * step)"
+            raise ConfigValueError("compress", p.compress, why)
+        sampled = self.server.sampling != "fixed" or self.server.fraction < 1.0
+        if spec.fraction is not None and p.error_feedback and self.dp.mode is DPMode.CLIENT and sampled:
+            raise ConfigValueError(
+                "error_feedback",
+                True,
+                "error feedback under --dp client needs every client in every round (--sampling fixed --fraction 1): "
+                "with client sampling the residual would depend on the hidden sampling; use --no-error-feedback",
+            )
+
     def _check_cohort(self) -> None:
         """Multi-Krum averages at most the clients of a round; FedSGD is one step per
         round, so it takes no ``local_steps``. (Whether a round holds
@@ -119,6 +159,23 @@ class RunConfig:
             raise ConfigValueError("local_steps", self.client.local_steps, "FedSGD takes one full-batch step per round; use --algorithm fedavg")
         if self.server.aggregator == "multikrum" and self.server.krum_m is not None and self.server.krum_m > expected:
             raise ConfigValueError("krum_m", self.server.krum_m, f"must be <= the {expected} clients of a round")
+
+    def _check_schedule(self) -> None:
+        """Asynchronous buffers: each one is a cohort (the protections' minimum applies),
+        fed by clients in flight; the mean is the one rule a staleness weight fits."""
+        s = self.schedule
+        if not s.asynchronous:
+            return
+        if s.buffer > self.clients:
+            raise ConfigValueError("buffer", s.buffer, f"must be <= the {self.clients} clients")
+        if self.protect in ("ckks", "secagg") and s.buffer < self.protection.min_clients:
+            why = f"--protect {self.protect}: a buffer is one aggregation and needs at least min_clients={self.protection.min_clients}"
+            raise ConfigValueError("buffer", s.buffer, why)
+        if self.server.aggregator != "mean":
+            raise ConfigValueError("aggregator", self.server.aggregator, "--mode async aggregates each buffer by the (staleness-weighted) mean")
+        if self.server.sampling != "fixed" or self.server.fraction != 1.0:
+            why = "--mode async dispatches clients as they become idle; leave --sampling fixed and --fraction 1"
+            raise ConfigValueError("fraction" if self.server.fraction != 1.0 else "sampling", self.server.fraction if self.server.fraction != 1.0 else self.server.sampling, why)
 
     # ------------------------------------------------------------------ flat I/O
     @classmethod
@@ -179,7 +236,9 @@ class RunConfig:
 
 #: the tables of a TOML run file, each with the sub-config whose fields it takes ('' =
 #: the top-level ones, and [protection] takes ``protect`` too); keys may stand outside any table
-TOML_SECTIONS = {"data": "", "dp": "dp", "client": "client", "server": "server", "protection": "protection"}
+TOML_SECTIONS = {
+    "data": "", "dp": "dp", "client": "client", "server": "server", "protection": "protection", "schedule": "schedule",
+}
 
 #: the sub-configs of :class:`RunConfig`, by field name
 _SUBCONFIGS: dict[str, type] = {
@@ -187,4 +246,5 @@ _SUBCONFIGS: dict[str, type] = {
     "client": ClientConfig,
     "server": ServerConfig,
     "protection": ProtectConfig,
+    "schedule": ScheduleConfig,
 }

@@ -118,8 +118,14 @@ class FixedPoint:
         return 1 << self.bits
 
     @property
+    def container_bits(self) -> int:
+        """Width of the machine integers holding ring elements (the ring's own width
+        here; narrower rings, :mod:`securefl.crypto.secagg.packing`, widen it)."""
+        return self.bits
+
+    @property
     def dtype(self) -> type:
-        return _UNSIGNED[self.bits]
+        return _UNSIGNED[self.container_bits]
 
     @property
     def resolution(self) -> float:
@@ -156,7 +162,7 @@ class FixedPoint:
         scaled, low, up = np.empty(n), np.empty(n), np.empty(n, dtype=bool)
         zeros, raw = bytes(4 * n), bytearray(4 * n + 16)
         rnd = np.frombuffer(raw, dtype="<u4")
-        stream, signed = _coin_stream(), _SIGNED[self.bits]
+        stream, signed = _coin_stream(), _SIGNED[self.container_bits]
         for start in range(0, v.size, n):
             k = min(n, v.size - start)
             s, lo, u, seg = scaled[:k], low[:k], up[:k], out[start : start + k]

@@ -21,7 +21,7 @@ from __future__ import annotations
 import math
 from abc import ABC, abstractmethod
 from dataclasses import dataclass, field
-from typing import Any, Protocol, Sequence
+from typing import Any, Mapping, Protocol, Sequence
 
 import torch
 
@@ -29,7 +29,27 @@ from securefl.exceptions import BudgetExhaustedError, ClientDropout, ProtocolErr
 from securefl.transport import wire
 from securefl.validators import is_number
 
-__all__ = ["AggregateInput", "ClientLike", "ClientProtection", "Exchange", "Plaintext", "ServerProtection"]
+__all__ = [
+    "AggregateInput",
+    "ClientLike",
+    "ClientProtection",
+    "Exchange",
+    "GlobalMessage",
+    "Plaintext",
+    "ServerProtection",
+    "message_for",
+]
+
+#: the round's GLOBAL_MODEL: one message for every client (synchronous rounds), or one
+#: per client id (asynchronous buffers, where each client trained from its own version)
+GlobalMessage = bytes | Mapping[str, bytes]
+
+
+def message_for(global_message: GlobalMessage, client_id: str) -> bytes:
+    """The GLOBAL_MODEL message meant for ``client_id``."""
+    if isinstance(global_message, bytes):
+        return global_message
+    return global_message[client_id]
 
 
 class ClientLike(Protocol):
@@ -167,7 +187,7 @@ class ServerProtection(ABC):
 
     @abstractmethod
     def aggregate(
-        self, clients: Sequence[ClientLike], global_message: bytes, dim: int, exchange: Exchange
+        self, clients: Sequence[ClientLike], global_message: GlobalMessage, dim: int, exchange: Exchange
     ) -> AggregateInput | None:
         """Run one round with ``clients`` (this round's sample); ``None`` if nobody
         contributed. Raise :class:`~securefl.exceptions.AggregationError` (or a
@@ -190,9 +210,9 @@ class Plaintext(ClientProtection, ServerProtection):
         )
 
     def aggregate(
-        self, clients: Sequence[ClientLike], global_message: bytes, dim: int, exchange: Exchange
+        self, clients: Sequence[ClientLike], global_message: GlobalMessage, dim: int, exchange: Exchange
     ) -> AggregateInput | None:
-        replies = exchange.send_many([(c, global_message) for c in clients], method="fit")
+        replies = exchange.send_many([(c, message_for(global_message, c.client_id)) for c in clients], method="fit")
         replies = [r for r in replies if r is not None]
         return self.open(replies, dim) if replies else None
 

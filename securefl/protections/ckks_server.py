@@ -17,7 +17,7 @@ from securefl.crypto.hazmat import ckks as hz
 from securefl.crypto.hazmat import ckks_seal as hzs
 from securefl.crypto.identity import Roster
 from securefl.exceptions import AggregationError, CiphertextRejectedError, ProtocolError, WireFormatError
-from securefl.protections.base import AggregateInput, ClientLike, Exchange, ServerProtection
+from securefl.protections.base import AggregateInput, ClientLike, Exchange, GlobalMessage, ServerProtection, message_for
 from securefl.protections.ckks import NAME, CKKSSettings, aux_keys_field, max_update_bytes, number_field, unpack_part
 from securefl.transport import wire
 from securefl.validators import is_int
@@ -144,14 +144,16 @@ class CKKSServer(ServerProtection):
         return wire.size_limit(0, overhead=max_update_bytes(self.params, dim, len(self.key_holders)))
 
     def aggregate(
-        self, clients: Sequence[ClientLike], global_message: bytes, dim: int, exchange: Exchange
+        self, clients: Sequence[ClientLike], global_message: GlobalMessage, dim: int, exchange: Exchange
     ) -> AggregateInput | None:
         if self.context is None:
             raise ProtocolError("CKKS set-up has not run")
         holders = set(self.key_holders)
         got = _Received()
         members = [c for c in clients if c.client_id in holders]
-        for c, raw in zip(members, exchange.send_many([(c, global_message) for c in members], method="fit")):
+        for c, raw in zip(members, exchange.send_many(
+            [(c, message_for(global_message, c.client_id)) for c in members], method="fit"
+        )):
             if raw is not None:
                 self._add(got, c.client_id, raw, dim)
         count = len(got.headers)

@@ -27,7 +27,15 @@ from securefl.crypto.secagg.client import SecAggClient
 from securefl.crypto.secagg.common import SecAggSettings, distributed_noise_stddev
 from securefl.crypto.secagg.server import SecAggResult, SecAggServer
 from securefl.exceptions import ConfigTypeError, ConfigValueError
-from securefl.protections.base import AggregateInput, ClientLike, ClientProtection, Exchange, ServerProtection
+from securefl.protections.base import (
+    AggregateInput,
+    ClientLike,
+    ClientProtection,
+    Exchange,
+    GlobalMessage,
+    ServerProtection,
+    message_for,
+)
 from securefl.transport import wire
 
 __all__ = ["SecAggClientProtection", "SecAggServerProtection"]
@@ -87,7 +95,7 @@ class SecAggServerProtection(ServerProtection):
         self.last_result: SecAggResult | None = None  #: the last round's unmasked sum
 
     def aggregate(
-        self, clients: Sequence[ClientLike], global_message: bytes, dim: int, exchange: Exchange
+        self, clients: Sequence[ClientLike], global_message: GlobalMessage, dim: int, exchange: Exchange
     ) -> AggregateInput | None:
         by_id = {c.client_id: c for c in clients}
         # clients outside the pinned roster would refuse the whole cohort: leave them out
@@ -103,7 +111,7 @@ class SecAggServerProtection(ServerProtection):
 
         u1 = server.collect_keys(ask(server.roster, server.advertise_request))
         u2 = server.collect_shares(ask(u1, server.share_request))
-        u3 = server.collect_masked(ask(u2, lambda u: server.masking_message(u, global_message), "fit"), dim)
+        u3 = server.collect_masked(ask(u2, lambda u: server.masking_message(u, message_for(global_message, u)), "fit"), dim)
         unmaskers = u3
         if self.settings.malicious:
             unmaskers = server.collect_signatures(ask(u3, server.consistency_request))

@@ -43,6 +43,7 @@ from securefl.crypto.secagg.common import (
     encode_with_noise, field, id_list, noise_units, pair_info, pair_mask_info, round_field, self_mask_info, survivors_transcript,
 )
 from securefl.crypto.secagg.masking import add_masks, agree_many
+from securefl.crypto.secagg.packing import pack
 from securefl.exceptions import ConfigValueError, ProtocolError
 from securefl.transport import wire
 
@@ -142,7 +143,7 @@ class SecAggClient:
             raise ProtocolError(f"client {self.client_id}: {what} request out of order in round {r}")
         return st
 
-    def _reply(self, kind: wire.Kind, round_: int, header: dict[str, Any], payload: bytes = b"") -> bytes:
+    def _reply(self, kind: wire.Kind, round_: int, header: dict[str, Any], payload: bytes | memoryview = b"") -> bytes:
         return wire.encode(kind, {"round": round_, "client": self.client_id, **header}, payload)
 
     def _refuse_small(self, count: int, what: str) -> None:
@@ -289,15 +290,16 @@ class SecAggClient:
         extra = np.array([float(aux[k]) for k in keys], dtype=np.float64)
         if np.any(~np.isfinite(extra)) or np.any(np.abs(extra) > self.settings.bound):
             raise ProtocolError(f"auxiliary counters {dict(aux)} exceed the encoding bound {self.settings.bound:g}")
-        v, saturated = clip_input(self.settings, values, weight)
         codec = st.codec
+        v, saturated = clip_input(self.settings, values, weight, codec.resolution)
         # sigma from this client's own settings and threshold only; nothing the server sends lowers it
         sigma = distributed_noise_stddev(self.settings, dim=v.size, threshold=st.threshold, resolution=codec.resolution)
         self.last_noise_stddev = sigma
         self.last_noise_units = noise_units(sigma, codec.resolution) if sigma > 0 else 0
         vec = np.empty(v.size + extra.size + 1, dtype=codec.dtype)  # the one output buffer
         encode_with_noise(codec, v, extra, sigma, self._noise_rng, out=vec[:-1])
-        vec[-1:] = codec.wrap(np.array([saturated]))
+        # capped so that the summed count cannot wrap a narrow (--compress quant:B) ring
+        vec[-1:] = codec.wrap(np.array([min(saturated, (1 << (codec.bits - 1)) // len(st.roster) - 1)]))
         self.last_saturated = saturated
         info = pair_mask_info(st.round)
         seeds = agree_many(st.s_sk, [st.peers[other][1] for other in st.maskers], pair_info(st.round))
@@ -309,7 +311,7 @@ class SecAggClient:
         for k in ("epsilon", "steps"):
             if k in header:
                 out[k] = header[k]
-        return self._reply(wire.Kind.SECAGG_MASKED_INPUT, st.round, out, vec.tobytes())
+        return self._reply(wire.Kind.SECAGG_MASKED_INPUT, st.round, out, pack(vec, codec.bits, view=True))
 
     # ------------------------------------------------------------ stage 4
     def consistency(self, msg: wire.Message) -> bytes:

@@ -15,8 +15,13 @@ from securefl.crypto.encoding import b64, unb64
 from securefl.crypto.identity import Identity, Roster
 from securefl.crypto.quantize import FixedPoint, peak_abs
 from securefl.crypto.secagg.graph import recommended_neighbors, share_threshold
+from securefl.crypto.secagg.packing import NarrowFixedPoint
 from securefl.exceptions import ConfigTypeError, ConfigValueError, ProtocolError
 from securefl.validators import is_int, is_number
+
+
+#: the range of B in ``--compress quant:B`` (above 16 bits the 32-bit ring is as small)
+MIN_QUANT_BITS, MAX_QUANT_BITS = 2, 16
 
 
 @dataclass(frozen=True)
@@ -42,6 +47,12 @@ class SecAggSettings:
         min_clients: smallest cohort whose sum this party helps release
             (``ProtectConfig.min_clients``). A client refuses a smaller cohort at
             every stage, whatever the server says; the server aborts below it.
+        quant_bits: 0, or B of ``--compress quant:B``: updates are rounded to a grid
+            of ``2^B`` steps over ``[-clip, clip]`` in the narrowest ring whose sum
+            cannot wrap, packed in that many bits (:mod:`securefl.crypto.secagg.packing`).
+        l2_clip: ``clip`` is the L2 clip S of client-level DP (central noise); with
+            ``quant_bits`` each update is clipped so that its rounded form stays within S
+            (:func:`clip_input`).
     """
 
     clip: float = 1.0
@@ -52,6 +63,8 @@ class SecAggSettings:
     malicious: bool = False
     noise_multiplier: float = 0.0
     min_clients: int = 3
+    quant_bits: int = 0
+    l2_clip: bool = False
 
     def __post_init__(self) -> None:
         for name in ("clip", "max_weight", "threshold"):
@@ -88,6 +101,17 @@ class SecAggSettings:
             raise ConfigTypeError("min_clients", self.min_clients, "must be an integer")
         if self.min_clients < 2:
             raise ConfigValueError("min_clients", self.min_clients, "must be >= 2")
+        if not is_int(self.quant_bits) or not (self.quant_bits == 0 or MIN_QUANT_BITS <= self.quant_bits <= MAX_QUANT_BITS):
+            raise ConfigValueError(
+                "compress", f"quant:{self.quant_bits}", f"bits must be an integer in [{MIN_QUANT_BITS}, {MAX_QUANT_BITS}]"
+            )
+        if not isinstance(self.l2_clip, bool):
+            raise ConfigTypeError("l2_clip", self.l2_clip, "must be true or false")
+        if self.quant_bits and self.noise_multiplier > 0:
+            raise ConfigValueError(
+                "compress", f"quant:{self.quant_bits}",
+                "not with distributed DP: the noise share is calibrated to a fine grid (S + sqrt(d) * step)",
+            )
         if self.malicious and self.threshold <= 2 / 3:
             raise ConfigValueError(
                 "secagg_threshold", self.threshold, "the malicious-server option needs a threshold above 2/3"
@@ -100,6 +124,8 @@ class SecAggSettings:
         return self.max_weight * max(self.clip, 1.0) + 8.0 * self.noise_multiplier * self.clip * 2.0
 
     def codec(self, clients: int) -> FixedPoint:
+        if self.quant_bits:
+            return NarrowFixedPoint.for_levels(clients=clients, bound=self.bound, clip=self.clip, levels_bits=self.quant_bits)
         return FixedPoint.for_sum(clients=clients, bound=self.bound, bits=self.bits)
 
     def degree(self, clients: int) -> int:
@@ -215,17 +241,28 @@ def distributed_noise_stddev(settings: SecAggSettings, *, dim: int, threshold: i
     return settings.noise_multiplier * sensitivity / math.sqrt(threshold)
 
 
-def clip_input(settings: SecAggSettings, values: Any, weight: float) -> tuple[np.ndarray, int]:
+def clip_input(settings: SecAggSettings, values: Any, weight: float, resolution: float = 0.0) -> tuple[np.ndarray, int]:
     """Clip to a client's own bounds: each coordinate to ``+-weight * clip``
     (counted), and under distributed DP the L2 norm to ``clip`` too, so the noise
     share is calibrated to the sensitivity whatever clip the server announced.
-    Returns ``values`` itself (no copy) when nothing needs clipping."""
+    With ``quant_bits`` and ``l2_clip`` (client-level DP, central noise) the L2 norm
+    goes to ``clip - sqrt(d) * resolution``: rounding moves each of the d coordinates
+    by less than one step, so the encoded update stays within the clip S the noise
+    is calibrated to. Returns ``values`` itself (no copy) when nothing needs clipping."""
     v = np.asarray(values, dtype=np.float64)
     peak = peak_abs(v, "update contains NaN or infinity")
-    if settings.noise_multiplier > 0:
+    l2 = settings.clip if settings.noise_multiplier > 0 else None
+    if settings.quant_bits and settings.l2_clip:
+        l2 = settings.clip - math.sqrt(v.size) * resolution
+        if l2 <= 0:
+            raise ConfigValueError(
+                "compress", f"quant:{settings.quant_bits}", f"rounding {v.size} coordinates to steps of {resolution:g} "
+                f"can move an update further than the clip {settings.clip:g}; use more bits or a smaller randk fraction",
+            )
+    if l2 is not None:
         norm = float(np.linalg.norm(v))
-        if norm > settings.clip:
-            v = v * (settings.clip / norm)
+        if norm > l2:
+            v = v * (l2 / norm)
             peak = peak_abs(v, "update contains NaN or infinity")
     limit = weight * settings.clip
     if peak <= limit:

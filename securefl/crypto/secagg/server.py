@@ -35,6 +35,7 @@ from securefl.crypto.secagg.common import (
 )
 from securefl.crypto.secagg.graph import build_graph
 from securefl.crypto.secagg.masking import add_masks, agree_many
+from securefl.crypto.secagg.packing import packed_size, unpack
 from securefl.exceptions import ProtocolError, SecAggAbortError, WireFormatError
 from securefl.transport import wire
 
@@ -219,7 +220,6 @@ class SecAggServer:
         return wire.encode(wire.Kind.GLOBAL_MODEL, {**msg.header, "secagg": info}, msg.payload)
 
     def collect_masked(self, replies: Mapping[str, bytes | None], dim: int) -> list[str]:
-        dtype = np.dtype(self.codec.dtype).newbyteorder("<")
         for u, raw in replies.items():
             msg = self._decode(raw, wire.Kind.SECAGG_MASKED_INPUT, u, dim)
             if msg is None:
@@ -232,9 +232,11 @@ class SecAggServer:
             if keys != self.aux_keys or not isinstance(keys, list):
                 raise ProtocolError(f"masked input of {u} carries other auxiliary counters ({keys})")
             length = dim + len(keys) + 1
-            if len(msg.payload) != length * dtype.itemsize:
-                raise WireFormatError(f"masked input of {u} has {len(msg.payload)} bytes, expected {length * dtype.itemsize}")
-            y = np.frombuffer(msg.payload, dtype=dtype)
+            if len(msg.payload) != packed_size(length, self.codec.bits):
+                raise WireFormatError(
+                    f"masked input of {u} has {len(msg.payload)} bytes, expected {packed_size(length, self.codec.bits)}"
+                )
+            y = unpack(msg.payload, self.codec.bits, length, self.codec.dtype)
             if self.masked_sum is None:
                 self.masked_sum = y.astype(self.codec.dtype)
             else:

@@ -27,6 +27,7 @@ from securefl.exceptions import ConfigTypeError, ConfigValueError
 from securefl.models import build_model
 from securefl.privacy.ledger import PrivacyLedger
 from securefl.protections import PROTECTIONS
+from securefl.protections.compressed import compressed_client, compressed_server
 from securefl.server import SecureServer
 
 __all__ = ["NodeSettings", "TransportSettings", "node_client", "node_settings", "run_settings", "server_party"]
@@ -129,9 +130,9 @@ def node_client(config: RunConfig, node: NodeSettings, run_dir: Path) -> SecureC
     guard = RoundGuard(run_dir / "rounds.json")
     identity = load_identity(node.state_dir, cid)
     roster = Roster.load(node.roster) if node.roster else None
-    protection = PROTECTIONS[c.protect].client(
+    protection = compressed_client(c, PROTECTIONS[c.protect].client(
         settings, cid, noise_rng(c, f"protect-{cid}"), identity=identity if roster else None, roster=roster, guard=guard
-    )
+    ))
     return SecureClient(
         cid, data.x_train[idx], data.y_train[idx], model_fn=_model_fn(c, data), task=data.task, config=c.client, dp=c.dp,
         planned_rounds=c.server.rounds, ledger=ledger, algorithm=c.server.algorithm, rng=noise_rng(c, cid),
@@ -155,7 +156,7 @@ def server_party(config: RunConfig, out_dir: Path, roster: Roster | None) -> Sec
     model_fn = _model_fn(c, data)
     return SecureServer(
         model_fn(), config=c.server, dp=c.dp, num_clients=c.clients, ledger=ledger, task=data.task,
-        protection=PROTECTIONS[c.protect].server(settings, noise_rng(c, "protect-server"), roster=roster),
+        protection=compressed_server(c, PROTECTIONS[c.protect].server(settings, noise_rng(c, "protect-server"), roster=roster)),
         eval_data=(data.x_test, data.y_test), rng=noise_rng(c, "server"), noise_multiplier=noise.client_level,
         reference=root_reference(c, data.x_train, data.y_train, model_fn, data.task),
     )
