@@ -132,18 +132,21 @@ class FixedPoint:
         """The value of one unit in the last place."""
         return 2.0**-self.frac_bits
 
-    def encode(self, values: np.ndarray, *, out: np.ndarray | None = None) -> Encoded:
+    def encode(self, values: np.ndarray, *, out: np.ndarray | None = None, within: float | None = None) -> Encoded:
         """Clip, scale and stochastically round ``values`` (float) into Z_(2^bits).
 
         Each coordinate takes 32 random bits from :func:`_coin_stream` (there is no
         generator argument, so a seeded one cannot leak the rounding). Non-finite
         values are refused (:class:`ProtocolError`); clipped coordinates are counted.
         ``out`` (a contiguous ring-dtype array of the same shape) receives the result
-        in place of a new array.
+        in place of a new array. ``within``: a bound the caller has already checked
+        ``values`` against (all finite, ``|v| <= within``); when it is at most the
+        codec's bound, the scan for non-finite and out-of-range values is skipped.
         """
         v = np.asarray(values, dtype=np.float64)
         saturated = 0
-        if peak_abs(v, "cannot encode NaN or infinite values") > self.bound:
+        checked = within is not None and 0 <= within <= self.bound  # e.g. secagg.common.clip_input
+        if not checked and peak_abs(v, "cannot encode NaN or infinite values") > self.bound:
             saturated = int(np.count_nonzero(np.abs(v) > self.bound))
             v = np.clip(v, -self.bound, self.bound)
         if out is None:

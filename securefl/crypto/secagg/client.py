@@ -42,7 +42,7 @@ from securefl.crypto.secagg.common import (
     SecAggSettings, advert_transcript, check_party, channel_info, clip_input, distributed_noise_stddev,
     encode_with_noise, field, id_list, noise_units, pair_info, pair_mask_info, round_field, self_mask_info, survivors_transcript,
 )
-from securefl.crypto.secagg.masking import add_masks, agree_many
+from securefl.crypto.secagg.masking import add_masks, agree_many, scratch
 from securefl.crypto.secagg.packing import pack
 from securefl.exceptions import ConfigValueError, ProtocolError
 from securefl.transport import wire
@@ -296,8 +296,9 @@ class SecAggClient:
         sigma = distributed_noise_stddev(self.settings, dim=v.size, threshold=st.threshold, resolution=codec.resolution)
         self.last_noise_stddev = sigma
         self.last_noise_units = noise_units(sigma, codec.resolution) if sigma > 0 else 0
-        vec = np.empty(v.size + extra.size + 1, dtype=codec.dtype)  # the one output buffer
-        encode_with_noise(codec, v, extra, sigma, self._noise_rng, out=vec[:-1])
+        vec = scratch(v.size + extra.size + 1, codec.dtype)  # the one output buffer, reused (copied into the reply)
+        # clip_input left v finite and within +-weight * clip: encode need not scan it again
+        encode_with_noise(codec, v, extra, sigma, self._noise_rng, out=vec[:-1], within=weight * self.settings.clip)
         # capped so that the summed count cannot wrap a narrow (--compress quant:B) ring
         vec[-1:] = codec.wrap(np.array([min(saturated, (1 << (codec.bits - 1)) // len(st.roster) - 1)]))
         self.last_saturated = saturated

@@ -281,16 +281,18 @@ def noise_units(sigma: float, resolution: float) -> int:
 
 
 def encode_with_noise(
-    codec: FixedPoint, v: np.ndarray, extra: np.ndarray, sigma: float, rng: Any, *, out: np.ndarray | None = None
+    codec: FixedPoint, v: np.ndarray, extra: np.ndarray, sigma: float, rng: Any, *, out: np.ndarray | None = None,
+    within: float | None = None,
 ) -> np.ndarray:
     """Encode ``v`` and the counters ``extra`` into the ring (rounding coins from
     :func:`securefl.crypto.quantize._coin_stream`) and add a DP noise share of std
     ``sigma`` to ``v``'s coordinates, on the grid, before any mask: the only draw
     from the (possibly seeded) ``rng``. Written into ``out`` (``v.size +
-    extra.size`` ring elements) when given, with no intermediate copies."""
+    extra.size`` ring elements) when given, with no intermediate copies. ``within``:
+    a bound :func:`clip_input` already holds ``v`` to (see :meth:`FixedPoint.encode`)."""
     if out is None:
         out = np.empty(v.size + extra.size, dtype=codec.dtype)
-    codec.encode(v, out=out[: v.size])
+    codec.encode(v, out=out[: v.size], within=within)
     codec.encode(extra, out=out[v.size :])
     if sigma > 0:
         # exact discrete Gaussian in grid units (Canonne, Kamath and Steinke 2020), never

@@ -19,6 +19,7 @@ GCM counter would wrap after 2^32 blocks (64 GiB per mask), far above any vector
 
 from __future__ import annotations
 
+import threading
 from typing import Any, Sequence
 
 import numpy as np
@@ -36,6 +37,19 @@ _LABEL = b"securefl-secagg-mask-v1"
 _DTYPES = {np.dtype("<u4"), np.dtype("<u8")}
 #: keystream bytes before GCM's first counter block (CTR counters 0 and 1)
 _HEAD = 32
+_SCRATCH = threading.local()
+
+
+def scratch(count: int, dtype: Any) -> np.ndarray:
+    """An uninitialised ``count``-element vector (like :func:`numpy.empty`) in a buffer
+    kept per thread and reused by the next call: a fresh vector of megabytes costs
+    a page fault per 4 KiB page and an unmap each call (several ms of system CPU at
+    d = 1M). The caller must be done with it before its thread calls again."""
+    nbytes = count * np.dtype(dtype).itemsize
+    buf = getattr(_SCRATCH, "buf", None)
+    if buf is None or buf.size < nbytes:
+        buf = _SCRATCH.buf = np.empty(max(nbytes, 1), dtype=np.uint8)
+    return buf[:nbytes].view(dtype)
 
 
 def agree_many(private: bytes, peer_publics: Sequence[bytes], info: bytes) -> list[bytes]:
