@@ -209,22 +209,28 @@ class SecureClient:
         Under ``dp="sample"`` the buffer is a running average of DP-SGD's already
         noised gradients, so it is post-processing of the client's DP releases and
         costs no budget; it depends on private data and must stay with the client
-        (save it where the client keeps its own data, never hand it to the server)."""
+        (save it where the client keeps its own data, never hand it to the server).
+        With ``--compress randk`` and error feedback it also holds ``"residual"``, the
+        coordinates not sent yet (same rules: private, stays with the client)."""
         buf = self.momentum_buffer
-        return {"momentum_buffer": None if buf is None else buf.clone()}
+        state: dict[str, Any] = {"momentum_buffer": None if buf is None else buf.clone()}
+        if hasattr(self.protection, "residual"):  # --compress randk with error feedback
+            res = self.protection.residual
+            state["residual"] = None if res is None else res.clone()
+        return state
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned (e.g. when resuming a run)."""
-        if not isinstance(state, dict) or set(state) != {"momentum_buffer"}:
-            raise ConfigValueError("state", sorted(state) if isinstance(state, dict) else state, "expected the keys ['momentum_buffer']")
+        keys = {"momentum_buffer", "residual"} if hasattr(self.protection, "residual") else {"momentum_buffer"}
+        if not isinstance(state, dict) or not {"momentum_buffer"} <= set(state) <= keys:
+            raise ConfigValueError("state", sorted(state) if isinstance(state, dict) else state, f"expected the keys {sorted(keys)}")
+        if state.get("residual") is not None:  # error feedback's unsent coordinates
+            self.protection.residual = _vector("residual", state["residual"], self.dim)  # type: ignore[attr-defined]
         buf = state["momentum_buffer"]
         if (buf is None) != (self.momentum_buffer is None):
             raise ConfigValueError("momentum_buffer", None if buf is None else "tensor", "does not match this client's client_momentum")
         if buf is not None:
-            buf = torch.as_tensor(buf, dtype=torch.float32).reshape(-1)
-            if buf.numel() != self.dim or not bool(torch.isfinite(buf).all()):
-                raise ConfigValueError("momentum_buffer", tuple(buf.shape), f"must hold {self.dim} finite values")
-            self.momentum_buffer = buf.clone()
+            self.momentum_buffer = _vector("momentum_buffer", buf, self.dim)
 
     # ------------------------------------------------------------ training
     def train(self, weights: torch.Tensor, round_: int) -> LocalResult:
@@ -376,6 +382,14 @@ class SecureClient:
         """Answer a protocol message of this client's protection (key exchange,
         unmasking, decryption of an aggregate)."""
         return self.protection.handle(message)
+
+
+def _vector(name: str, value: Any, dim: int) -> torch.Tensor:
+    """A restored state vector: ``dim`` finite floats, or ConfigValueError naming ``name``."""
+    v = torch.as_tensor(value, dtype=torch.float32).reshape(-1)
+    if v.numel() != dim or not bool(torch.isfinite(v).all()):
+        raise ConfigValueError(name, tuple(v.shape), f"must hold {dim} finite values")
+    return v.clone()
 
 
 def _header_int(header: dict[str, Any], name: str) -> int:

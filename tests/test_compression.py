@@ -101,3 +101,22 @@ def test_config_accepts_sound_combinations():
 def test_cli_bad_spec_exits_2(args, tmp_path, capsys):
     assert main(["train", *args, "--out", str(tmp_path / "o"), "--no-progress"]) == 2
     assert "compress" in capsys.readouterr().err
+
+
+def test_error_feedback_residual_survives_a_resume(tmp_path):
+    # the unsent coordinates are client state: checkpointed, and restored by --resume
+    from securefl.config import RunConfig
+    from securefl.simulation import Simulation
+
+    cfg = RunConfig.from_flat(dict(model="logreg", clients=4, rounds=2, protect="secagg", compress="randk:0.2"))
+    first = Simulation(cfg, out_dir=tmp_path)
+    first.run()
+    saved = [c.protection.residual.clone() for c in first.clients]
+    assert all(r.abs().sum() > 0 for r in saved)
+    resumed = Simulation.resume(tmp_path)
+    for c, r in zip(resumed.clients, saved):
+        torch.testing.assert_close(c.protection.residual, r)
+    state = resumed.clients[0].state_dict()
+    state["residual"] = torch.full((3,), 1.0)
+    with pytest.raises(ConfigValueError, match="residual"):
+        resumed.clients[0].load_state_dict(state)
