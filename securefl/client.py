@@ -78,7 +78,7 @@ def local_schedule(config: ClientConfig, num_samples: int, algorithm: str = "fed
 
 
 class StalenessRule(Protocol):
-    """A client's rule for asynchronous work (:class:`securefl.fedbuff.StalenessPolicy`)."""
+    """A client's rule for asynchronous work (:class:`securefl.aggregation.staleness.StalenessPolicy`)."""
 
     def factor(self, staleness: object) -> float:
         """The weight in (0, 1] of an update ``staleness`` server steps old, or
@@ -224,13 +224,17 @@ class SecureClient:
         keys = {"momentum_buffer", "residual"} if hasattr(self.protection, "residual") else {"momentum_buffer"}
         if not isinstance(state, dict) or not {"momentum_buffer"} <= set(state) <= keys:
             raise ConfigValueError("state", sorted(state) if isinstance(state, dict) else state, f"expected the keys {sorted(keys)}")
-        if state.get("residual") is not None:  # error feedback's unsent coordinates
-            self.protection.residual = _vector("residual", state["residual"], self.dim)  # type: ignore[attr-defined]
         buf = state["momentum_buffer"]
         if (buf is None) != (self.momentum_buffer is None):
             raise ConfigValueError("momentum_buffer", None if buf is None else "tensor", "does not match this client's client_momentum")
+        # both checked before either is set: a refused state changes nothing
+        buf = None if buf is None else _vector("momentum_buffer", buf, self.dim)
+        residual = state.get("residual")  # error feedback's unsent coordinates
+        residual = None if residual is None else _vector("residual", residual, self.dim)
         if buf is not None:
-            self.momentum_buffer = _vector("momentum_buffer", buf, self.dim)
+            self.momentum_buffer = buf
+        if residual is not None:
+            self.protection.residual = residual  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------ training
     def train(self, weights: torch.Tensor, round_: int) -> LocalResult:

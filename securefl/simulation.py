@@ -97,8 +97,6 @@ class Simulation:
         self.completed, self.protocol_round, self._seconds_before = 0, 0, 0.0
         sched = config.schedule
         self.latency = LatencyModel.of(sched, len(self.clients), config.seed)
-        #: simulated time (with a latency model): the end of the last round or buffer
-        self.sim_time = 0.0
         self.engine: BufferedAsync | None = None
         if sched.asynchronous:
             assert self.latency is not None
@@ -177,9 +175,10 @@ class Simulation:
         if self.engine is not None:
             return self.engine.flush(self.protocol_round)
         res = self.server.run_round(self.protocol_round, self.clients)
-        if self.latency is not None:
-            self.sim_time += max((self.latency.duration(i) for i in self.server.last_sample), default=0.0)
-            res.schedule = {"sim_time": round(self.sim_time, 6)}
+        if self.latency is not None:  # continues from the last row (also after a resume)
+            before = self.rounds[-1].get("schedule", {}).get("sim_time", 0.0) if self.rounds else 0.0
+            took = max((self.latency.duration(i) for i in self.server.last_sample), default=0.0)
+            res.schedule = {"sim_time": round(before + took, 6)}
         return res
 
     def _checkpoint(self, seconds: float) -> None:

@@ -116,7 +116,13 @@ def test_error_feedback_residual_survives_a_resume(tmp_path):
     resumed = Simulation.resume(tmp_path)
     for c, r in zip(resumed.clients, saved):
         torch.testing.assert_close(c.protection.residual, r)
-    state = resumed.clients[0].state_dict()
+    client = resumed.clients[0]
+    state = client.state_dict()
     state["residual"] = torch.full((3,), 1.0)
     with pytest.raises(ConfigValueError, match="residual"):
-        resumed.clients[0].load_state_dict(state)
+        client.load_state_dict(state)
+    # a refused state changes nothing, not even its valid parts
+    bad = {"momentum_buffer": torch.zeros(client.dim), "residual": torch.zeros(client.dim)}
+    with pytest.raises(ConfigValueError, match="momentum_buffer"):
+        client.load_state_dict(bad)
+    torch.testing.assert_close(client.protection.residual, saved[0])

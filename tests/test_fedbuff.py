@@ -154,3 +154,10 @@ def test_async_buffers_compose_with_compression():
     assert not any(r["aborted"] for r in rows)
     assert rows[-1]["accuracy"] > 0.25  # chance is 0.1; measured 0.40-0.48 after 6 buffers
     assert packed.metrics["final"]["bytes_up"] < 0.6 * plain.metrics["final"]["bytes_up"]
+
+
+def test_a_synchronous_round_lasts_as_long_as_its_slowest_client():
+    cfg = RunConfig.from_flat({**SMALL, "latency_jitter": 0.0, "rounds": 3})
+    rows = Simulation(cfg).run().metrics["rounds"]
+    # every client each round, mean times log-spaced up to the spread of 10
+    assert [r["schedule"]["sim_time"] for r in rows] == pytest.approx([10.0, 20.0, 30.0])
