@@ -212,12 +212,10 @@ class SecureClient:
         (save it where the client keeps its own data, never hand it to the server).
         With ``--compress randk`` and error feedback it also holds ``"residual"``, the
         coordinates not sent yet (same rules: private, stays with the client)."""
-        buf = self.momentum_buffer
-        state: dict[str, Any] = {"momentum_buffer": None if buf is None else buf.clone()}
+        vectors = {"momentum_buffer": self.momentum_buffer}
         if hasattr(self.protection, "residual"):  # --compress randk with error feedback
-            res = self.protection.residual
-            state["residual"] = None if res is None else res.clone()
-        return state
+            vectors["residual"] = self.protection.residual
+        return {k: None if v is None else v.clone() for k, v in vectors.items()}
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
         """Restore what :meth:`state_dict` returned (e.g. when resuming a run)."""
@@ -228,13 +226,10 @@ class SecureClient:
         if (buf is None) != (self.momentum_buffer is None):
             raise ConfigValueError("momentum_buffer", None if buf is None else "tensor", "does not match this client's client_momentum")
         # both checked before either is set: a refused state changes nothing
-        buf = None if buf is None else _vector("momentum_buffer", buf, self.dim)
-        residual = state.get("residual")  # error feedback's unsent coordinates
-        residual = None if residual is None else _vector("residual", residual, self.dim)
-        if buf is not None:
-            self.momentum_buffer = buf
-        if residual is not None:
-            self.protection.residual = residual  # type: ignore[attr-defined]
+        buf, res = (None if state.get(k) is None else _vector(k, state[k], self.dim) for k in ("momentum_buffer", "residual"))
+        self.momentum_buffer = buf  # None exactly when it was None (checked above)
+        if res is not None:
+            self.protection.residual = res  # type: ignore[attr-defined]
 
     # ------------------------------------------------------------ training
     def train(self, weights: torch.Tensor, round_: int) -> LocalResult:
